@@ -1,0 +1,38 @@
+"""Packaging for fastmri_growth: growing U-Nets for fastMRI reconstruction."""
+from setuptools import find_packages, setup
+
+setup(
+    name="fastmri-growth",
+    version="0.1.0",
+    description=(
+        "Growing U-Nets (GradMax-style sample-select and split growth) for "
+        "fastMRI reconstruction, on pytorch-lightning 2"
+    ),
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.9",
+    packages=find_packages(include=["fastmri_growth", "fastmri_growth.*"]),
+    install_requires=[
+        "torch>=2.1",
+        "fastmri>=0.3.0,<0.4",
+        "pytorch-lightning>=2.0,<3",
+        "numpy>=1.22",
+        "h5py>=3.0",
+        "scikit-image>=0.19",
+        # fastmri/data/mri_data.py imports requests without declaring it.
+        "requests",
+        "PyYAML>=5.3",
+        "tensorboard",
+        "matplotlib",
+    ],
+    extras_require={"test": ["pytest>=7"]},
+    entry_points={
+        "console_scripts": [
+            "fastmri-growth-train=fastmri_growth.train:main",
+            "fastmri-growth-eval=fastmri_growth.evaluate:main",
+            "fastmri-growth-plot=fastmri_growth.plot:main",
+            "fastmri-growth-synth=fastmri_growth.data.synthetic:main",
+        ]
+    },
+)
