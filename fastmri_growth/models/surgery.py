@@ -1,0 +1,86 @@
+"""Parameter surgery: append slices to a weight along one dimension.
+
+Each surgery builds a NEW ``nn.Parameter`` (same dtype, device and
+``requires_grad``) instead of assigning a larger tensor to ``.data``, so
+autograd, optimizers and DDP see a clean replacement; the returned
+:class:`ParamChange` tells the optimizer-state update what moved where.
+"""
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+
+@dataclass
+class ParamChange:
+    """One parameter replaced by a larger one.
+
+    Attributes:
+        module: The module holding the parameter.
+        name: Attribute name on ``module`` (``"weight"``).
+        old: The parameter before growth.
+        new: The parameter after growth.
+        dim: The grown dimension.
+        offset: Index along ``dim`` of the first new entry.
+        count: Number of new entries along ``dim``.
+    """
+
+    module: nn.Module
+    name: str
+    old: nn.Parameter
+    new: nn.Parameter
+    dim: int
+    offset: int
+    count: int
+
+    def new_slice(self) -> tuple:
+        """Index selecting the new entries of ``new``."""
+        idx = [slice(None)] * self.new.dim()
+        idx[self.dim] = slice(self.offset, self.offset + self.count)
+        return tuple(idx)
+
+
+def append_slices(
+    module: nn.Module,
+    name: str,
+    dim: int,
+    new_slices: torch.Tensor,
+    edit_old: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+) -> ParamChange:
+    """Append ``new_slices`` to ``module.<name>`` along ``dim``.
+
+    Args:
+        module: The module owning the parameter.
+        name: Parameter attribute name.
+        dim: Dimension to grow.
+        new_slices: The entries to append; same shape as the parameter
+            except along ``dim``.
+        edit_old: Optional function returning a modified copy of the old
+            values (used by ``split`` to rescale the duplicated fan-out).
+
+    Returns:
+        The :class:`ParamChange` describing the replacement.
+    """
+    old = getattr(module, name)
+    with torch.no_grad():
+        base = old.detach().clone()
+        if edit_old is not None:
+            base = edit_old(base)
+        grown = torch.cat([base, new_slices.to(dtype=old.dtype, device=old.device)], dim=dim)
+    new = nn.Parameter(grown, requires_grad=old.requires_grad)
+    setattr(module, name, new)
+    return ParamChange(module, name, old, new, dim, old.shape[dim], new_slices.shape[dim])
+
+
+def in_dim(conv: nn.Module) -> int:
+    """Input-channel dimension of a conv weight (1, or 0 for a transposed conv)."""
+    return 0 if isinstance(conv, nn.ConvTranspose2d) else 1
+
+
+def zero_fan_out(conv: nn.Module, count: int) -> torch.Tensor:
+    """Zero input slices for ``count`` new input channels of ``conv``."""
+    shape = list(conv.weight.shape)
+    shape[in_dim(conv)] = count
+    return conv.weight.new_zeros(shape)
