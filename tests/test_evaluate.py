@@ -1,0 +1,327 @@
+"""Evaluation, submission checks and fixed-mask inference."""
+import json
+import subprocess
+import sys
+from argparse import Namespace
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from fastmri import evaluate as fe
+
+from fastmri_growth import evaluate as ev
+from fastmri_growth.inference import (
+    expected_recon_shape,
+    fixed_mask_func,
+    leaderboard_validation,
+    reconstruct,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+_HEADER = (
+    '<?xml version="1.0"?><ismrmrdHeader xmlns="http://www.ismrm.org/ISMRMRD"><encoding>'
+    "<encodedSpace><matrixSize><x>{h}</x><y>{w}</y><z>1</z></matrixSize></encodedSpace>"
+    "<reconSpace><matrixSize><x>{r}</x><y>{r}</y><z>1</z></matrixSize></reconSpace>"
+    "<encodingLimits><kspace_encoding_step_1><minimum>0</minimum><maximum>{m}</maximum>"
+    "<center>{c}</center></kspace_encoding_step_1></encodingLimits></encoding></ismrmrdHeader>"
+)
+
+
+def write_split(root, names, test=False, slices=3, h=48, w=40, r=32, seed=0):
+    """Tiny singlecoil fastMRI files (k-space, header, target or mask) readable by SliceDataset."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:h, :w]
+    for i, name in enumerate(names):
+        img = np.zeros((slices, h, w), np.complex64)
+        for s in range(slices):
+            # An ellipse phantom plus texture: smooth enough for SSIM to mean something.
+            a, b = rng.uniform(0.25, 0.4, 2)
+            inside = ((yy - h / 2) / (a * h)) ** 2 + ((xx - w / 2) / (b * w)) ** 2 < 1
+            img[s] = inside * (1 + 0.3 * rng.standard_normal((h, w))) * np.exp(1j * rng.uniform())
+        k = np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(img, axes=(-2, -1)), norm="ortho"), axes=(-2, -1))
+        top, left = (h - r) // 2, (w - r) // 2
+        target = np.abs(img)[:, top : top + r, left : left + r].astype(np.float32)
+        with h5py.File(root / name, "w") as hf:
+            hf["ismrmrd_header"] = _HEADER.format(h=h, w=w, r=r, m=w - 1, c=w // 2).encode()
+            if test:
+                mask = np.zeros(w, bool)
+                mask[::4] = True
+                mask[w // 2 - 2 : w // 2 + 2] = True
+                hf["kspace"] = (k * mask).astype(np.complex64)
+                hf["mask"] = mask
+                hf.attrs["acceleration"] = 4
+                hf.attrs["num_low_frequency"] = 4
+            else:
+                hf["kspace"] = k.astype(np.complex64)
+                hf["reconstruction_esc"] = target
+                hf.attrs["max"] = float(target.max())
+            hf.attrs["acquisition"] = "CORPD_FBK" if i % 2 == 0 else "CORPDFS_FBK"
+            hf.attrs["patient_id"] = f"p{i}"
+    return sorted(root / n for n in names)
+
+
+def _write(path, **datasets):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(path, "w") as hf:
+        attrs = datasets.pop("attrs", {})
+        for k, v in datasets.items():
+            hf[k] = v
+        hf.attrs.update(attrs)
+
+
+@pytest.fixture
+def folders(tmp_path):
+    """Targets (slices, 20, 16) and larger reconstructions (slices, 24, 22)."""
+    rng = np.random.default_rng(1)
+    tdir, pdir = tmp_path / "targets", tmp_path / "recons"
+    specs = [("a.h5", 4, "CORPD_FBK"), ("b.h5", 8, "CORPDFS_FBK"), ("c.h5", 4, "CORPDFS_FBK")]
+    arrays = {}
+    for name, accel, acq in specs:
+        target = rng.uniform(0, 2, (3, 20, 16)).astype(np.float32)
+        recon = rng.uniform(0, 2, (3, 24, 22)).astype(np.float32)
+        # The evaluated centre must be close to the target for meaningful values.
+        recon[:, 4:20, 3:19] = target[:, 2:18] + 0.1 * rng.standard_normal((3, 16, 16))
+        _write(tdir / name, reconstruction_esc=target,
+               attrs={"acceleration": accel, "acquisition": acq})
+        _write(pdir / name, reconstruction=recon)
+        arrays[name] = (target, recon)
+    return tdir, pdir, arrays
+
+
+def _direct(target, recon):
+    """fastMRI's crop by hand: (W, W) centre of both, W = target width."""
+    t = target[:, 2:18, :]
+    r = recon[:, 4:20, 3:19]
+    return {
+        "NMSE": float(fe.nmse(t, r)),
+        "PSNR": float(fe.psnr(t, r)),
+        "SSIM": float(fe.ssim(t, r)[0]),
+        "MSE": float(fe.mse(t, r)),
+    }
+
+
+def test_metrics_equal_direct_recomputation_with_center_crop(folders):
+    tdir, pdir, arrays = folders
+    result = ev.evaluate_folders(tdir, pdir, "singlecoil")
+    assert list(result.per_volume) == ["a.h5", "b.h5", "c.h5"]
+    for name, (target, recon) in arrays.items():
+        expected = _direct(target, recon)
+        for m in ev.METRICS:
+            assert result.per_volume[name][m] == pytest.approx(expected[m], rel=1e-12)
+    for m in ev.METRICS:
+        values = [_direct(*arrays[n])[m] for n in arrays]
+        assert result.mean(m) == pytest.approx(np.mean(values), rel=1e-12)
+        assert result.std(m) == pytest.approx(np.std(values, ddof=1), rel=1e-12)
+    # Same means as fastMRI's own evaluate() on the same folders.
+    args = Namespace(target_path=tdir, predictions_path=pdir, acquisition=None, acceleration=None)
+    theirs = fe.evaluate(args, "reconstruction_esc").means()
+    for m in ev.METRICS:
+        assert result.mean(m) == pytest.approx(float(np.asarray(theirs[m]).reshape(-1)[0]), rel=1e-6)
+    assert 0.5 < result.mean("SSIM") < 1.0
+
+
+def test_filters_select_volumes(folders):
+    tdir, pdir, arrays = folders
+    r4 = ev.evaluate_folders(tdir, pdir, "singlecoil", acceleration=4)
+    assert list(r4.per_volume) == ["a.h5", "c.h5"]
+    assert r4.filters == {"acceleration": 4, "acquisition": None}
+    fs = ev.evaluate_folders(tdir, pdir, "singlecoil", acquisition="CORPDFS_FBK")
+    assert list(fs.per_volume) == ["b.h5", "c.h5"]
+    both = ev.evaluate_folders(tdir, pdir, "singlecoil", acceleration=8, acquisition="CORPDFS_FBK")
+    assert list(both.per_volume) == ["b.h5"]
+    assert both.per_volume["b.h5"]["PSNR"] == pytest.approx(_direct(*arrays["b.h5"])["PSNR"])
+    assert np.isnan(both.std("PSNR"))  # one volume: no spread
+    with pytest.raises(ev.EvaluationError, match="no target .* matches acceleration=6"):
+        ev.evaluate_folders(tdir, pdir, "singlecoil", acceleration=6)
+
+
+def test_main_prints_table_and_writes_json(folders, tmp_path, capsys):
+    tdir, pdir, arrays = folders
+    out = tmp_path / "res" / "m.json"
+    rc = ev.main(["--target-path", str(tdir), "--predictions-path", str(pdir),
+                  "--challenge", "singlecoil", "--per-volume", "--json", str(out)])
+    assert rc == 0
+    text = capsys.readouterr().out
+    result = ev.evaluate_folders(tdir, pdir, "singlecoil")
+    ssim_row = next(line for line in text.splitlines() if line.startswith("SSIM "))
+    assert ssim_row.split() == ["SSIM", f"{result.mean('SSIM'):.6g}", f"{result.std('SSIM'):.6g}", "3"]
+    assert any(line.startswith("b.h5 ") for line in text.splitlines())
+    data = json.loads(out.read_text())
+    assert data["num_volumes"] == 3 and data["challenge"] == "singlecoil"
+    assert data["metrics"]["PSNR"]["mean"] == pytest.approx(result.mean("PSNR"), rel=1e-12)
+    assert data["per_volume"]["c.h5"]["NMSE"] == pytest.approx(_direct(*arrays["c.h5"])["NMSE"])
+    # The explicit subcommand gives the same numbers.
+    assert ev.main(["compare", "--target-path", str(tdir), "--predictions-path", str(pdir),
+                    "--challenge", "singlecoil", "--acceleration", "8"]) == 0
+    assert capsys.readouterr().out.splitlines()[1].split()[-1] == "1"
+
+
+def test_bad_compare_inputs_name_the_problem(folders, tmp_path):
+    tdir, pdir, arrays = folders
+    _write(pdir / "extra.h5", reconstruction=np.zeros((3, 20, 16), np.float32))
+    with pytest.raises(ev.EvaluationError, match="extra.h5 has no target"):
+        ev.evaluate_folders(tdir, pdir, "singlecoil")
+    (pdir / "extra.h5").unlink()
+    (pdir / "b.h5").unlink()
+    with pytest.raises(ev.EvaluationError, match="no reconstruction for target b.h5"):
+        ev.evaluate_folders(tdir, pdir, "singlecoil")
+    # Filtered out: its missing reconstruction does not matter.
+    assert ev.evaluate_folders(tdir, pdir, "singlecoil", acceleration=4).num_volumes == 2
+    with pytest.raises(ev.EvaluationError, match="pass --challenge singlecoil"):
+        ev.evaluate_folders(tdir, pdir, "multicoil", acceleration=4)
+    _write(pdir / "a.h5", reconstruction=np.zeros((3, 12, 16), np.float32))
+    with pytest.raises(ev.EvaluationError, match="a.h5: reconstruction is 12x16, smaller"):
+        ev.evaluate_folders(tdir, pdir, "singlecoil", acceleration=4)
+    _write(pdir / "a.h5", reconstruction=np.zeros((2, 20, 16), np.float32))
+    with pytest.raises(ev.EvaluationError, match="2 slices, target 3"):
+        ev.evaluate_folders(tdir, pdir, "singlecoil", acceleration=4)
+    _write(pdir / "a.h5", reconstruction=arrays["a.h5"][1])
+    _write(tdir / "n.h5", reconstruction_esc=np.zeros((3, 20, 16), np.float32))
+    _write(pdir / "n.h5", reconstruction=np.zeros((3, 20, 16), np.float32))
+    with pytest.raises(ev.EvaluationError, match="n.h5 has no 'acceleration' attribute"):
+        ev.evaluate_folders(tdir, pdir, "singlecoil", acceleration=4)
+
+
+def _cli(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "fastmri_growth.evaluate", *map(str, args)],
+        capture_output=True, text=True, cwd=REPO,
+    )
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "orphan", "challenge"])
+def test_cli_bad_input_exits_2_with_one_line(folders, tmp_path, case):
+    tdir, pdir, _ = folders
+    (tmp_path / "empty").mkdir()
+    if case == "orphan":
+        _write(pdir / "zzz.h5", reconstruction=np.zeros((3, 20, 16), np.float32))
+    args = {
+        "missing": ["--target-path", tmp_path / "nope", "--predictions-path", pdir, "--challenge", "singlecoil"],
+        "empty": ["--target-path", tdir, "--predictions-path", tmp_path / "empty", "--challenge", "singlecoil"],
+        "orphan": ["--target-path", tdir, "--predictions-path", pdir, "--challenge", "singlecoil"],
+        "challenge": ["--target-path", tdir, "--predictions-path", pdir, "--challenge", "knee"],
+    }[case]
+    proc = _cli(*args)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    expected = {
+        "missing": "nope does not exist",
+        "empty": "holds no .h5 files",
+        "orphan": "zzz.h5 has no target",
+        "challenge": "invalid choice: 'knee'",
+    }[case]
+    assert expected in lines[0]
+
+
+def test_check_submission(tmp_path, capsys):
+    data = write_split(tmp_path / "test", ["v0.h5", "v1.h5", "v2.h5"], test=True)
+    assert expected_recon_shape(data[0]) == (3, 32, 32)
+    sub = tmp_path / "sub"
+    for f in data:
+        _write(sub / f.name, reconstruction=np.ones((3, 32, 32), np.float32))
+    assert ev.check_submission(sub, tmp_path / "test") == []
+    assert ev.main(["check-submission", "--predictions-path", str(sub),
+                    "--data-path", str(tmp_path / "test")]) == 0
+    capsys.readouterr()
+
+    _write(sub / "v0.h5", recon=np.ones((3, 32, 32), np.float32))
+    _write(sub / "v1.h5", reconstruction=np.ones((3, 32, 30), np.float32))
+    (sub / "v2.h5").unlink()
+    problems = ev.check_submission(sub, tmp_path / "test")
+    assert problems == [
+        "v0.h5: no 'reconstruction' dataset (has recon)",
+        "v1.h5: shape (3, 32, 30), expected (3, 32, 32) (slices, H, W)",
+        f"v2.h5: missing (no v2.h5 in {sub})",
+    ]
+    assert ev.main(["check-submission", "--predictions-path", str(sub),
+                    "--data-path", str(tmp_path / "test")]) == 1
+    out = capsys.readouterr().out
+    assert "3 problem(s)" in out and "v2.h5: missing" in out
+
+    _write(sub / "v0.h5", reconstruction=np.ones((3, 32, 32), np.complex64),
+           extra=np.zeros(2))
+    _write(sub / "v1.h5", reconstruction=np.full((3, 32, 32), np.nan, np.float32))
+    _write(sub / "v2_v2.h5", reconstruction=np.ones((3, 32, 32), np.float64))
+    _write(sub / "stray.h5", reconstruction=np.ones((3, 32, 32), np.float32))
+    assert ev.check_submission(sub, tmp_path / "test") == [
+        "v0.h5: holds more than 'reconstruction' (also extra)",
+        "v0.h5: dtype complex64 is not real floating point (save float32 magnitudes)",
+        "v1.h5: holds NaN or infinite values",
+        f"stray.h5: not an input volume of {tmp_path / 'test'}; remove it",
+    ]
+
+
+def test_reconstruct_identity_is_deterministic(tmp_path):
+    files = write_split(tmp_path / "val", ["v0.h5", "v1.h5"])
+    mask = fixed_mask_func("random", 4)
+    out1 = reconstruct(torch.nn.Identity(), tmp_path / "val", "singlecoil", mask, tmp_path / "r1",
+                       progress=False)
+    out2 = reconstruct(torch.nn.Identity(), tmp_path / "val", "singlecoil",
+                       fixed_mask_func("random", 4), tmp_path / "r2", batch_size=2, progress=False)
+    out8 = reconstruct(torch.nn.Identity(), tmp_path / "val", "singlecoil",
+                       fixed_mask_func("random", 8), tmp_path / "r8", progress=False)
+    assert [p.name for p in out1] == ["v0.h5", "v1.h5"]
+    for f, a, b, c in zip(files, out1, out2, out8):
+        with h5py.File(a, "r") as ha, h5py.File(b, "r") as hb, h5py.File(c, "r") as hc, \
+                h5py.File(f, "r") as hf:
+            assert list(ha.keys()) == ["reconstruction"]
+            ra, rb = ha["reconstruction"][()], hb["reconstruction"][()]
+            assert ra.shape == hf["reconstruction_esc"].shape == (3, 32, 32)
+            assert ra.dtype == np.float32
+            np.testing.assert_array_equal(ra, rb)
+            assert not np.allclose(ra, hc["reconstruction"][()])
+    # Un-normalised: the identity output is the zero-filled magnitude, on the target's scale.
+    with h5py.File(out1[0], "r") as ha, h5py.File(files[0], "r") as hf:
+        assert ha["reconstruction"][()].mean() == pytest.approx(
+            hf["reconstruction_esc"][()].mean(), rel=0.3)
+    assert ev.check_submission(tmp_path / "r1", tmp_path / "val") == []
+
+
+def test_reconstruct_test_files_and_refusals(tmp_path):
+    write_split(tmp_path / "test", ["t0.h5"], test=True)
+    write_split(tmp_path / "val", ["v0.h5"])
+    model = torch.nn.Conv2d(1, 1, 3, padding=1)
+    model.train()
+    out = reconstruct(model, tmp_path / "test", "singlecoil", None, tmp_path / "sub", progress=False)
+    assert model.training  # restored
+    assert ev.check_submission(tmp_path / "sub", tmp_path / "test") == []
+    with pytest.raises(ValueError, match="already under-sampled"):
+        reconstruct(model, tmp_path / "test", "singlecoil", fixed_mask_func("random", 4), tmp_path / "x")
+    with pytest.raises(ValueError, match="fully sampled"):
+        reconstruct(model, tmp_path / "val", "singlecoil", None, tmp_path / "x")
+    before = (tmp_path / "val" / "v0.h5").read_bytes()
+    with pytest.raises(ValueError, match="is one of the input files"):
+        reconstruct(model, tmp_path / "val", "singlecoil", fixed_mask_func("random", 4),
+                    tmp_path / "val")
+    assert (tmp_path / "val" / "v0.h5").read_bytes() == before
+    with pytest.raises(ValueError, match="unknown challenge 'knee'"):
+        reconstruct(model, tmp_path / "val", "knee", None, tmp_path / "x")
+    with pytest.raises(ValueError, match="unknown mask type 'gauss'"):
+        fixed_mask_func("gauss", 4)
+    assert out[0].name == "t0.h5"
+
+
+def test_leaderboard_validation_plain_module(tmp_path, capsys):
+    write_split(tmp_path / "data" / "knee" / "singlecoil_val", ["v0.h5", "v1.h5"])
+    results = leaderboard_validation(torch.nn.Identity(), tmp_path / "data", "singlecoil",
+                                     tmp_path / "lb", progress=False)
+    assert sorted(results) == [4, 8]
+    split = tmp_path / "data" / "knee" / "singlecoil_val"
+    for accel, cf in ((4, 0.08), (8, 0.04)):
+        r = results[accel]
+        assert (r["acceleration"], r["center_fraction"], r["mask_type"]) == (accel, cf, "random")
+        assert sorted(p.name for p in (tmp_path / "lb" / f"{accel}x").iterdir()) == ["v0.h5", "v1.h5"]
+        direct = ev.evaluate_folders(split, tmp_path / "lb" / f"{accel}x", "singlecoil")
+        assert r["metrics"]["SSIM"]["mean"] == direct.mean("SSIM")
+        assert r["num_volumes"] == 2
+    # More samples, better zero-filled input.
+    assert results[4]["metrics"]["NMSE"]["mean"] < results[8]["metrics"]["NMSE"]["mean"]
+    table = ev.format_leaderboard_table(results).splitlines()
+    assert table[1].split()[:2] == ["4x", "random"] and table[2].split()[:2] == ["8x", "random"]
