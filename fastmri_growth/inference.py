@@ -15,12 +15,14 @@ from __future__ import annotations
 import sys
 import xml.etree.ElementTree as etree
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import h5py
 import numpy as np
-import torch
-from torch import nn
+
+if TYPE_CHECKING:  # torch is imported when a model runs, so the CLIs start fast
+    import torch
+    from torch import nn
 
 CHALLENGES = ("singlecoil", "multicoil")
 MASK_TYPES = ("random", "equispaced", "equispaced_fraction", "magic", "magic_fraction")
@@ -267,7 +269,6 @@ class _Progress:
             self.bar.close()
 
 
-@torch.no_grad()
 def reconstruct(
     model: nn.Module,
     data_path: PathLike,
@@ -308,6 +309,7 @@ def reconstruct(
             given for fully sampled files), or an output that would replace
             a data file.
     """
+    import torch
     from fastmri.data import SliceDataset
     from fastmri.data.transforms import UnetDataTransform
     from fastmri.utils import save_reconstructions
@@ -361,19 +363,20 @@ def reconstruct(
         bar.update(name)
 
     try:
-        for batch in loader:
-            image = batch.image.to(device).unsqueeze(1)
-            mean = batch.mean.to(device).view(-1, 1, 1)
-            std = batch.std.to(device).view(-1, 1, 1)
-            output = (model(image).squeeze(1) * std + mean).cpu().numpy()
-            for name, slice_num, out in zip(batch.fname, batch.slice_num.tolist(), output):
-                # SliceDataset lists slices file by file, so a new name
-                # means every earlier volume is complete.
-                for done in [n for n in pending if n != name]:
-                    flush(done)
-                pending.setdefault(name, {})[int(slice_num)] = out
-        for name in list(pending):
-            flush(name)
+        with torch.no_grad():
+            for batch in loader:
+                image = batch.image.to(device).unsqueeze(1)
+                mean = batch.mean.to(device).view(-1, 1, 1)
+                std = batch.std.to(device).view(-1, 1, 1)
+                output = (model(image).squeeze(1) * std + mean).cpu().numpy()
+                for name, slice_num, out in zip(batch.fname, batch.slice_num.tolist(), output):
+                    # SliceDataset lists slices file by file, so a new name
+                    # means every earlier volume is complete.
+                    for done in [n for n in pending if n != name]:
+                        flush(done)
+                    pending.setdefault(name, {})[int(slice_num)] = out
+            for name in list(pending):
+                flush(name)
     finally:
         bar.close()
         model.train(was_training)

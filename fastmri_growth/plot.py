@@ -226,43 +226,64 @@ def _pick_slices(num_slices_per_volume: Sequence[int], total: int) -> List[Tuple
     return picks
 
 
-def plot_grid(
+@dataclass
+class GridRow:
+    """One slice of the grid; images are ``(H, W)`` float32 on the target's scale.
+
+    Attributes:
+        name: File name of the volume.
+        slice_num: Slice index.
+        input: Zero-filled magnitude under the fixed mask, un-normalised.
+        reconstruction: The reconstruction, centre-cropped to the input size.
+        target: The target slice, or None for files without target.
+        vmax: Display maximum: the cropped target volume's max (or of
+            input/reconstruction without target).
+    """
+
+    name: str
+    slice_num: int
+    input: np.ndarray
+    reconstruction: np.ndarray
+    target: Optional[np.ndarray]
+    vmax: float
+
+
+def grid_rows(
     reconstructions,
     data_path,
     challenge: str,
-    out,
     mask_type: Optional[str] = None,
     acceleration: int = 4,
     center_fraction: Optional[float] = None,
     num_slices: int = 4,
-) -> Path:
-    """Draw input, reconstruction, target and |error| for a few slices.
+) -> Tuple[List[GridRow], str]:
+    """Collect the slices that ``plot_grid`` draws.
 
     The input is recomputed with ``UnetDataTransform(use_seed=True)`` and the
     same fixed mask as ``fastmri_growth.inference.reconstruct`` (files that
-    carry their own ``mask`` are used as they are), then un-normalised. All
-    images of a row share the display range ``[0, target volume max]``;
-    the error column uses one relative range for every row. Without targets
-    (test files) only the input and reconstruction columns are drawn.
+    carry their own ``mask`` are used as they are), then un-normalised
+    (``image * std + mean``). Rows are spread over the first volumes that
+    have a reconstruction, with slices taken around each volume's middle.
 
     Args:
         reconstructions: Folder of reconstruction files.
         data_path: The split they were made from.
         challenge: ``"singlecoil"`` or ``"multicoil"``.
-        out: The PNG to write.
         mask_type: fastMRI mask type; ``None`` picks the leaderboard's.
         acceleration: Under-sampling factor of the fixed mask.
         center_fraction: Centre fraction; ``None`` for the leaderboard
             default of the acceleration.
-        num_slices: Number of rows, spread over the first volumes.
+        num_slices: Number of rows wanted.
 
     Returns:
-        The PNG path.
+        ``(rows, mask_label)``.
+
+    Raises:
+        PlotError: unusable folders, no matching volume, bad mask settings.
     """
     import h5py
     from fastmri.data import SliceDataset
     from fastmri.data.transforms import UnetDataTransform, center_crop
-    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
     from fastmri_growth.inference import (
         check_challenge,
@@ -313,20 +334,20 @@ def plot_grid(
             if "reconstruction" not in hf:
                 raise PlotError(f"{name} in {reconstructions} has no 'reconstruction' dataset")
             slice_counts.append(hf["reconstruction"].shape[0])
-    rows = []
+    rows: List[GridRow] = []
     for v, s in _pick_slices(slice_counts, num_slices):
         name = common[v]
         if (name, s) not in index:
             raise PlotError(f"{name} has no slice {s} in {data_path}; the reconstruction has more slices")
         sample = dataset[index[(name, s)]]
-        image = (sample.image * sample.std + sample.mean).numpy()
+        image = (sample.image * sample.std + sample.mean).numpy().astype(np.float32)
         crop = image.shape[-2:]
         with h5py.File(Path(reconstructions) / name, "r") as hf:
             recon_vol = hf["reconstruction"]
-            if recon_vol.shape[-2] < crop[0] or recon_vol.shape[-1] < crop[1]:
+            if recon_vol.ndim != 3 or recon_vol.shape[-2] < crop[0] or recon_vol.shape[-1] < crop[1]:
                 raise PlotError(
-                    f"{name}: reconstruction is {recon_vol.shape[-2]}x{recon_vol.shape[-1]}, "
-                    f"smaller than the {crop[0]}x{crop[1]} input crop"
+                    f"{name}: reconstruction has shape {recon_vol.shape}, smaller than the "
+                    f"{crop[0]}x{crop[1]} input crop"
                 )
             recon = center_crop(np.asarray(recon_vol[s], dtype=np.float32), crop)
         with h5py.File(Path(data_path) / name, "r") as hf:
@@ -337,35 +358,79 @@ def plot_grid(
         else:
             target = None
             vmax = float(max(recon.max(), image.max()))
-        rows.append((name, s, image, recon, target, vmax))
+        rows.append(GridRow(name, s, image, recon, target, vmax))
+    return rows, mask_label
 
-    has_target = all(r[4] is not None for r in rows)
+
+def plot_grid(
+    reconstructions,
+    data_path,
+    challenge: str,
+    out,
+    mask_type: Optional[str] = None,
+    acceleration: int = 4,
+    center_fraction: Optional[float] = None,
+    num_slices: int = 4,
+) -> Path:
+    """Draw input, reconstruction, target and |error| for a few slices.
+
+    One row per slice (see ``grid_rows``). All images of a row share the
+    display range ``[0, vmax]``; the error column uses one range relative
+    to ``vmax`` for every row. The input and reconstruction titles give the
+    slice's SSIM and PSNR against the target (data range ``vmax``, as in
+    evaluation). Without targets (test files) only the input and
+    reconstruction columns are drawn.
+
+    Args:
+        reconstructions: Folder of reconstruction files.
+        data_path: The split they were made from.
+        challenge: ``"singlecoil"`` or ``"multicoil"``.
+        out: The PNG to write; 280 pixels wide per column, 290 high per row.
+        mask_type: See ``grid_rows``.
+        acceleration: See ``grid_rows``.
+        center_fraction: See ``grid_rows``.
+        num_slices: See ``grid_rows``.
+
+    Returns:
+        The PNG path.
+    """
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    rows, mask_label = grid_rows(
+        reconstructions, data_path, challenge, mask_type, acceleration, center_fraction, num_slices
+    )
+    has_target = all(r.target is not None for r in rows)
     ncol = 4 if has_target else 2
     err_scale = 1.0
     if has_target:
-        err_scale = max(float(np.abs(r[3] - r[4]).max()) / r[5] if r[5] > 0 else 0.0 for r in rows)
+        err_scale = max(
+            float(np.abs(r.reconstruction - r.target).max()) / r.vmax if r.vmax > 0 else 0.0
+            for r in rows
+        )
         err_scale = err_scale or 1.0
 
     plt = _pyplot()
     fig, axes = plt.subplots(len(rows), ncol, figsize=(2.8 * ncol, 2.9 * len(rows)), squeeze=False)
-    for r, (name, s, image, recon, target, vmax) in enumerate(rows):
-        panels = [("input", image), ("reconstruction", recon)]
+    for i, row in enumerate(rows):
+        panels = [("input", row.input), ("reconstruction", row.reconstruction)]
         if has_target:
-            panels += [("target", target), ("|error|", np.abs(recon - target))]
+            panels += [("target", row.target), ("|error|", np.abs(row.reconstruction - row.target))]
         for c, (label, img) in enumerate(panels):
-            ax = axes[r, c]
+            ax = axes[i, c]
             if label == "|error|":
-                im = ax.imshow(img, cmap="magma", vmin=0, vmax=err_scale * vmax)
+                im = ax.imshow(img, cmap="magma", vmin=0, vmax=err_scale * row.vmax)
                 fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
             else:
-                ax.imshow(img, cmap="gray", vmin=0, vmax=vmax)
+                ax.imshow(img, cmap="gray", vmin=0, vmax=row.vmax)
             title = label
-            if label in ("input", "reconstruction") and has_target and vmax > 0:
-                ssim = structural_similarity(target, img, data_range=vmax)
-                psnr = peak_signal_noise_ratio(target, img, data_range=vmax)
+            if label in ("input", "reconstruction") and has_target and row.vmax > 0:
+                ssim = structural_similarity(row.target, img, data_range=row.vmax)
+                psnr = peak_signal_noise_ratio(row.target, img, data_range=row.vmax)
                 title += f"\nSSIM {ssim:.3f} PSNR {psnr:.1f}"
             if label == "input":
-                title = f"{Path(name).stem}[{s}] {mask_label}\n" + title
+                title = title.replace("input", f"input ({mask_label})", 1)
+                # Real file names are long: a y-label keeps them out of the titles.
+                ax.set_ylabel(f"{Path(row.name).stem}\nslice {row.slice_num}", fontsize=7)
             ax.set_title(title, fontsize=8)
             ax.set_xticks([])
             ax.set_yticks([])

@@ -1,0 +1,152 @@
+"""Curves from CSVLogger files and reconstruction grids."""
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from matplotlib import image as mpimg
+
+from fastmri_growth import plot
+from fastmri_growth.inference import fixed_mask_func, reconstruct
+from tests.test_evaluate import write_split
+
+REPO = Path(__file__).resolve().parents[1]
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+FULL_CSV = """epoch,network/filters,network/params,step,train_loss,val_metrics/nmse,val_metrics/psnr,val_metrics/ssim,validation_loss
+0,8,1000,0,,,,,
+0,,,4,0.5,,,,
+0,,,4,,0.1,20.0,0.5,0.3
+1,9,1200,5,,,,,
+1,,,9,,0.09,21.0,0.55,0.28
+2,9,1200,10,,,,,
+2,,,14,,0.08,22.0,0.6,0.25
+3,10,1500,15,,,,,
+3,,,19,,0.07,23.0,0.62,0.2
+"""
+
+
+def _png_shape(path):
+    assert path.read_bytes()[:8] == PNG_SIGNATURE
+    return mpimg.imread(path).shape[:2]
+
+
+def _run_dir(tmp_path, versions):
+    run = tmp_path / "run"
+    for version, text in versions.items():
+        d = run / "csv_logs" / f"version_{version}"
+        d.mkdir(parents=True)
+        (d / "metrics.csv").write_text(text)
+    return run
+
+
+def test_curves_from_newest_csv_marks_growth(tmp_path, capsys):
+    # version_10 is newer than version_2 although it sorts first as text.
+    run = _run_dir(tmp_path, {2: "epoch,step,val_metrics/ssim\n0,1,0.1\n", 10: FULL_CSV})
+    assert plot.find_metrics_csv(run) == run / "csv_logs" / "version_10" / "metrics.csv"
+    data = plot.read_epoch_metrics(run / "csv_logs" / "version_10" / "metrics.csv")
+    assert data["network/params"] == {0: 1000.0, 1: 1200.0, 2: 1200.0, 3: 1500.0}
+    assert data["val_metrics/psnr"] == {0: 20.0, 1: 21.0, 2: 22.0, 3: 23.0}
+    assert data["train_loss"] == {0: 0.5}
+
+    result = plot.plot_curves(run, tmp_path / "out" / "curves.png")
+    assert result.growth_epochs == [1, 3]
+    assert result.missing == []
+    assert _png_shape(result.out) == (640, 800)
+
+    assert plot.main(["curves", "--log-dir", str(run), "--out", str(tmp_path / "c2.png")]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip() == str(tmp_path / "c2.png")
+    assert captured.err == ""
+
+
+def test_curves_with_missing_columns(tmp_path, capsys):
+    csv = tmp_path / "metrics.csv"
+    csv.write_text("epoch,step,network/params,val_metrics/ssim\n0,0,10,\n0,1,,0.4\n1,2,10,\n1,3,,0.5\n")
+    result = plot.plot_curves(csv, tmp_path / "c.png")
+    assert result.plotted == ["network/params", "val_metrics/ssim"]
+    assert result.missing == ["network/filters", "val_metrics/psnr"]
+    assert result.growth_epochs == []
+    assert _png_shape(tmp_path / "c.png") == (640, 800)
+
+    csv.write_text("epoch,step,val_metrics/psnr\n0,0,20\n1,1,21\n")
+    assert plot.main(["curves", "--log-dir", str(csv), "--out", str(tmp_path / "p.png")]) == 0
+    err = capsys.readouterr().err
+    assert "has no network/params, network/filters, val_metrics/ssim; plotted the rest" in err
+    assert _png_shape(tmp_path / "p.png") == (320, 800)  # one panel
+
+    csv.write_text("epoch,step,train_loss\n0,0,1.0\n")
+    with pytest.raises(plot.PlotError, match="has none of network/params"):
+        plot.plot_curves(csv, tmp_path / "n.png")
+    assert not (tmp_path / "n.png").exists()
+
+
+def test_grid_uses_the_reconstruction_mask(tmp_path):
+    write_split(tmp_path / "val", ["v0.h5", "v1.h5"], slices=3)
+    reconstruct(torch.nn.Identity(), tmp_path / "val", "singlecoil", fixed_mask_func("random", 4),
+                tmp_path / "rec", progress=False)
+    rows, label = plot.grid_rows(tmp_path / "rec", tmp_path / "val", "singlecoil", num_slices=4)
+    assert label == "random 4x"
+    assert [(r.name, r.slice_num) for r in rows] == [
+        ("v0.h5", 1), ("v0.h5", 2), ("v1.h5", 1), ("v1.h5", 2)]
+    for r in rows:
+        # An identity network returns its input: the grid's input is the same image.
+        np.testing.assert_allclose(r.input, r.reconstruction, rtol=1e-5, atol=1e-6)
+        assert r.target.shape == r.input.shape == (32, 32)
+    rows8, _ = plot.grid_rows(tmp_path / "rec", tmp_path / "val", "singlecoil", acceleration=8,
+                              num_slices=1)
+    assert not np.allclose(rows8[0].input, rows8[0].reconstruction, rtol=1e-3)
+
+    out = plot.plot_grid(tmp_path / "rec", tmp_path / "val", "singlecoil", tmp_path / "g.png")
+    assert out == tmp_path / "g.png"
+    assert _png_shape(out) == (1160, 1120)  # 4 rows x 4 columns
+
+
+def test_grid_of_test_files_has_two_columns(tmp_path, capsys):
+    write_split(tmp_path / "test", ["t0.h5", "t1.h5"], test=True)
+    reconstruct(torch.nn.Identity(), tmp_path / "test", "singlecoil", None, tmp_path / "sub",
+                progress=False)
+    assert plot.main(["grid", "--reconstructions", str(tmp_path / "sub"), "--data-path",
+                      str(tmp_path / "test"), "--challenge", "singlecoil", "--out",
+                      str(tmp_path / "g.png"), "--num-slices", "3"]) == 0
+    assert capsys.readouterr().out.strip() == str(tmp_path / "g.png")
+    assert _png_shape(tmp_path / "g.png") == (870, 560)
+
+
+@pytest.mark.parametrize("case", ["no-log-dir", "no-csv"])
+def test_cli_bad_input_exits_2_with_one_line(tmp_path, case):
+    (tmp_path / "empty_run").mkdir()
+    log_dir = tmp_path / ("nope" if case == "no-log-dir" else "empty_run")
+    args = ["curves", "--log-dir", log_dir, "--out", tmp_path / "c.png"]
+    proc = subprocess.run([sys.executable, "-m", "fastmri_growth.plot", *map(str, args)],
+                          capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    expected = {"no-log-dir": "nope does not exist", "no-csv": "no metrics.csv under"}[case]
+    assert expected in lines[0]
+    assert not (tmp_path / "c.png").exists()
+
+
+def test_grid_bad_input_exits_2_with_one_line(tmp_path, capsys):
+    write_split(tmp_path / "val", ["v0.h5"])
+    write_split(tmp_path / "other", ["x.h5"])
+    base = ["grid", "--data-path", str(tmp_path / "val"), "--challenge", "singlecoil",
+            "--out", str(tmp_path / "g.png")]
+    cases = [
+        (["--reconstructions", str(tmp_path / "other")], "no reconstruction in"),
+        (["--reconstructions", str(tmp_path / "nope")], "nope does not exist"),
+        (["--reconstructions", str(tmp_path / "val"), "--acceleration", "6"],
+         "no default centre fraction for acceleration 6"),
+        (["--reconstructions", str(tmp_path / "val"), "--num-slices", "0"],
+         "--num-slices must be at least 1"),
+    ]
+    for extra, expected in cases:
+        assert plot.main(base + extra) == 2
+        captured = capsys.readouterr()
+        assert captured.out == ""
+        assert captured.err.count("\n") == 1 and expected in captured.err, captured.err
+    assert not (tmp_path / "g.png").exists()
