@@ -221,7 +221,8 @@ def _pick_slices(num_slices_per_volume: Sequence[int], total: int) -> List[Tuple
     for v in range(nv):
         k = total // nv + (1 if v < total % nv else 0)
         n = num_slices_per_volume[v]
-        idx = sorted({min(n - 1, max(0, round((j + 1) * n / (k + 1)))) for j in range(k)})
+        # With k < n the spacing n / (k + 1) is at least 1, so no two picks round together.
+        idx = list(range(n)) if k >= n else [round((j + 1) * n / (k + 1)) for j in range(k)]
         picks.extend((v, s) for s in idx)
     return picks
 

@@ -12,6 +12,7 @@ import torch
 from fastmri import evaluate as fe
 
 from fastmri_growth import evaluate as ev
+from fastmri_growth.data.synthetic import generate_dataset
 from fastmri_growth.inference import (
     expected_recon_shape,
     fixed_mask_func,
@@ -20,50 +21,6 @@ from fastmri_growth.inference import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-
-_HEADER = (
-    '<?xml version="1.0"?><ismrmrdHeader xmlns="http://www.ismrm.org/ISMRMRD"><encoding>'
-    "<encodedSpace><matrixSize><x>{h}</x><y>{w}</y><z>1</z></matrixSize></encodedSpace>"
-    "<reconSpace><matrixSize><x>{r}</x><y>{r}</y><z>1</z></matrixSize></reconSpace>"
-    "<encodingLimits><kspace_encoding_step_1><minimum>0</minimum><maximum>{m}</maximum>"
-    "<center>{c}</center></kspace_encoding_step_1></encodingLimits></encoding></ismrmrdHeader>"
-)
-
-
-def write_split(root, names, test=False, slices=3, h=48, w=40, r=32, seed=0):
-    """Tiny singlecoil fastMRI files (k-space, header, target or mask) readable by SliceDataset."""
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:h, :w]
-    for i, name in enumerate(names):
-        img = np.zeros((slices, h, w), np.complex64)
-        for s in range(slices):
-            # An ellipse phantom plus texture: smooth enough for SSIM to mean something.
-            a, b = rng.uniform(0.25, 0.4, 2)
-            inside = ((yy - h / 2) / (a * h)) ** 2 + ((xx - w / 2) / (b * w)) ** 2 < 1
-            img[s] = inside * (1 + 0.3 * rng.standard_normal((h, w))) * np.exp(1j * rng.uniform())
-        k = np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(img, axes=(-2, -1)), norm="ortho"), axes=(-2, -1))
-        top, left = (h - r) // 2, (w - r) // 2
-        target = np.abs(img)[:, top : top + r, left : left + r].astype(np.float32)
-        with h5py.File(root / name, "w") as hf:
-            hf["ismrmrd_header"] = _HEADER.format(h=h, w=w, r=r, m=w - 1, c=w // 2).encode()
-            if test:
-                mask = np.zeros(w, bool)
-                mask[::4] = True
-                mask[w // 2 - 2 : w // 2 + 2] = True
-                hf["kspace"] = (k * mask).astype(np.complex64)
-                hf["mask"] = mask
-                hf.attrs["acceleration"] = 4
-                hf.attrs["num_low_frequency"] = 4
-            else:
-                hf["kspace"] = k.astype(np.complex64)
-                hf["reconstruction_esc"] = target
-                hf.attrs["max"] = float(target.max())
-            hf.attrs["acquisition"] = "CORPD_FBK" if i % 2 == 0 else "CORPDFS_FBK"
-            hf.attrs["patient_id"] = f"p{i}"
-    return sorted(root / n for n in names)
-
 
 def _write(path, **datasets):
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -243,107 +200,124 @@ def test_main_bad_input_exits_2_with_one_line(folders, tmp_path, capsys):
 
 
 def test_check_submission(tmp_path, capsys):
-    data = write_split(tmp_path / "test", ["v0.h5", "v1.h5", "v2.h5"], test=True)
+    generate_dataset(tmp_path / "d", splits=("test",), num_volumes=3, num_slices=3, recon_size=32)
+    data_dir = tmp_path / "d" / "knee" / "singlecoil_test"
+    data = sorted(data_dir.iterdir())
+    v0, v1, v2 = (f.name for f in data)
     assert expected_recon_shape(data[0]) == (3, 32, 32)
     sub = tmp_path / "sub"
     for f in data:
         _write(sub / f.name, reconstruction=np.ones((3, 32, 32), np.float32))
-    assert ev.check_submission(sub, tmp_path / "test") == []
+    assert ev.check_submission(sub, data_dir) == []
     assert ev.main(["check-submission", "--predictions-path", str(sub),
-                    "--data-path", str(tmp_path / "test")]) == 0
+                    "--data-path", str(data_dir)]) == 0
     capsys.readouterr()
 
-    _write(sub / "v0.h5", recon=np.ones((3, 32, 32), np.float32))
-    _write(sub / "v1.h5", reconstruction=np.ones((3, 32, 30), np.float32))
-    (sub / "v2.h5").unlink()
-    problems = ev.check_submission(sub, tmp_path / "test")
+    _write(sub / v0, recon=np.ones((3, 32, 32), np.float32))
+    _write(sub / v1, reconstruction=np.ones((3, 32, 30), np.float32))
+    (sub / v2).unlink()
+    problems = ev.check_submission(sub, data_dir)
     assert problems == [
-        "v0.h5: no 'reconstruction' dataset (has recon)",
-        "v1.h5: shape (3, 32, 30), expected (3, 32, 32) (slices, H, W)",
-        f"v2.h5: missing (no v2.h5 in {sub})",
+        f"{v0}: no 'reconstruction' dataset (has recon)",
+        f"{v1}: shape (3, 32, 30), expected (3, 32, 32) (slices, H, W)",
+        f"{v2}: missing (no {v2} in {sub})",
     ]
     assert ev.main(["check-submission", "--predictions-path", str(sub),
-                    "--data-path", str(tmp_path / "test")]) == 1
+                    "--data-path", str(data_dir)]) == 1
     out = capsys.readouterr().out
-    assert "3 problem(s)" in out and "v2.h5: missing" in out
+    assert "3 problem(s)" in out and f"{v2}: missing" in out
 
-    _write(sub / "v0.h5", reconstruction=np.ones((3, 32, 32), np.complex64),
-           extra=np.zeros(2))
-    _write(sub / "v1.h5", reconstruction=np.full((3, 32, 32), np.nan, np.float32))
-    _write(sub / "v2_v2.h5", reconstruction=np.ones((3, 32, 32), np.float64))
+    _write(sub / v0, reconstruction=np.ones((3, 32, 32), np.complex64), extra=np.zeros(2))
+    _write(sub / v1, reconstruction=np.full((3, 32, 32), np.nan, np.float32))
+    # The knee leaderboard's _v2 names are accepted.
+    _write(sub / (Path(v2).stem + "_v2.h5"), reconstruction=np.ones((3, 32, 32), np.float64))
     _write(sub / "stray.h5", reconstruction=np.ones((3, 32, 32), np.float32))
-    assert ev.check_submission(sub, tmp_path / "test") == [
-        "v0.h5: holds more than 'reconstruction' (also extra)",
-        "v0.h5: dtype complex64 is not real floating point (save float32 magnitudes)",
-        "v1.h5: holds NaN or infinite values",
-        f"stray.h5: not an input volume of {tmp_path / 'test'}; remove it",
+    assert ev.check_submission(sub, data_dir) == [
+        f"{v0}: holds more than 'reconstruction' (also extra)",
+        f"{v0}: dtype complex64 is not real floating point (save float32 magnitudes)",
+        f"{v1}: holds NaN or infinite values",
+        f"stray.h5: not an input volume of {data_dir}; remove it",
     ]
 
 
-def test_reconstruct_identity_is_deterministic(tmp_path):
-    files = write_split(tmp_path / "val", ["v0.h5", "v1.h5"])
-    mask = fixed_mask_func("random", 4)
-    out1 = reconstruct(torch.nn.Identity(), tmp_path / "val", "singlecoil", mask, tmp_path / "r1",
+@pytest.mark.parametrize("anatomy,challenge", [("knee", "singlecoil"), ("brain", "multicoil")])
+def test_reconstruct_identity_is_deterministic(synthetic_root, tmp_path, anatomy, challenge):
+    split = synthetic_root / anatomy / f"{challenge}_val"
+    files = sorted(split.iterdir())
+    key = "reconstruction_esc" if challenge == "singlecoil" else "reconstruction_rss"
+    model = torch.nn.Identity()
+    out1 = reconstruct(model, split, challenge, fixed_mask_func("random", 4), tmp_path / "r1",
                        progress=False)
-    out2 = reconstruct(torch.nn.Identity(), tmp_path / "val", "singlecoil",
-                       fixed_mask_func("random", 4), tmp_path / "r2", batch_size=2, progress=False)
-    out8 = reconstruct(torch.nn.Identity(), tmp_path / "val", "singlecoil",
-                       fixed_mask_func("random", 8), tmp_path / "r8", progress=False)
-    assert [p.name for p in out1] == ["v0.h5", "v1.h5"]
+    out2 = reconstruct(model, split, challenge, fixed_mask_func("random", 4), tmp_path / "r2",
+                       batch_size=2, progress=False)
+    out8 = reconstruct(model, split, challenge, fixed_mask_func("random", 8), tmp_path / "r8",
+                       progress=False)
+    assert [p.name for p in out1] == [f.name for f in files]
     for f, a, b, c in zip(files, out1, out2, out8):
         with h5py.File(a, "r") as ha, h5py.File(b, "r") as hb, h5py.File(c, "r") as hc, \
                 h5py.File(f, "r") as hf:
             assert list(ha.keys()) == ["reconstruction"]
             ra, rb = ha["reconstruction"][()], hb["reconstruction"][()]
-            assert ra.shape == hf["reconstruction_esc"].shape == (3, 32, 32)
+            assert ra.shape == hf[key].shape == (3, 64, 64)
             assert ra.dtype == np.float32
             np.testing.assert_array_equal(ra, rb)
             assert not np.allclose(ra, hc["reconstruction"][()])
-    # Un-normalised: the identity output is the zero-filled magnitude, on the target's scale.
-    with h5py.File(out1[0], "r") as ha, h5py.File(files[0], "r") as hf:
-        assert ha["reconstruction"][()].mean() == pytest.approx(
-            hf["reconstruction_esc"][()].mean(), rel=0.3)
-    assert ev.check_submission(tmp_path / "r1", tmp_path / "val") == []
+            # Un-normalised: the zero-filled magnitude, on the target's scale.
+            assert ra.mean() == pytest.approx(hf[key][()].mean(), rel=0.3)
+    assert ev.check_submission(tmp_path / "r1", split) == []
 
 
-def test_reconstruct_test_files_and_refusals(tmp_path):
-    write_split(tmp_path / "test", ["t0.h5"], test=True)
-    write_split(tmp_path / "val", ["v0.h5"])
+def test_reconstruct_test_files_and_refusals(synthetic_root, tmp_path):
+    test_split = synthetic_root / "knee" / "singlecoil_test"
     model = torch.nn.Conv2d(1, 1, 3, padding=1)
     model.train()
-    out = reconstruct(model, tmp_path / "test", "singlecoil", None, tmp_path / "sub", progress=False)
+    out = reconstruct(model, test_split, "singlecoil", None, tmp_path / "sub", progress=False)
     assert model.training  # restored
-    assert ev.check_submission(tmp_path / "sub", tmp_path / "test") == []
+    assert [p.name for p in out] == sorted(p.name for p in test_split.iterdir())
+    assert ev.check_submission(tmp_path / "sub", test_split) == []
     with pytest.raises(ValueError, match="already under-sampled"):
-        reconstruct(model, tmp_path / "test", "singlecoil", fixed_mask_func("random", 4), tmp_path / "x")
+        reconstruct(model, test_split, "singlecoil", fixed_mask_func("random", 4), tmp_path / "x")
+    val = tmp_path / "d" / "knee" / "singlecoil_val"
+    generate_dataset(tmp_path / "d", splits=("val",), num_volumes=1, num_slices=2, recon_size=32)
     with pytest.raises(ValueError, match="fully sampled"):
-        reconstruct(model, tmp_path / "val", "singlecoil", None, tmp_path / "x")
-    before = (tmp_path / "val" / "v0.h5").read_bytes()
+        reconstruct(model, val, "singlecoil", None, tmp_path / "x")
+    before = {p: p.read_bytes() for p in val.iterdir()}
     with pytest.raises(ValueError, match="is one of the input files"):
-        reconstruct(model, tmp_path / "val", "singlecoil", fixed_mask_func("random", 4),
-                    tmp_path / "val")
-    assert (tmp_path / "val" / "v0.h5").read_bytes() == before
+        reconstruct(model, val, "singlecoil", fixed_mask_func("random", 4), val)
+    assert {p: p.read_bytes() for p in val.iterdir()} == before
     with pytest.raises(ValueError, match="unknown challenge 'knee'"):
-        reconstruct(model, tmp_path / "val", "knee", None, tmp_path / "x")
+        reconstruct(model, val, "knee", None, tmp_path / "x")
     with pytest.raises(ValueError, match="unknown mask type 'gauss'"):
         fixed_mask_func("gauss", 4)
-    assert out[0].name == "t0.h5"
+    assert not (tmp_path / "x").exists()
 
 
-def test_leaderboard_validation_plain_module(tmp_path, capsys):
-    write_split(tmp_path / "data" / "knee" / "singlecoil_val", ["v0.h5", "v1.h5"])
-    results = leaderboard_validation(torch.nn.Identity(), tmp_path / "data", "singlecoil",
+def test_leaderboard_validation_plain_module(synthetic_root, tmp_path):
+    # The anatomy folder is enough: the val split inside it is found.
+    results = leaderboard_validation(torch.nn.Identity(), synthetic_root / "knee", "singlecoil",
                                      tmp_path / "lb", progress=False)
     assert sorted(results) == [4, 8]
-    split = tmp_path / "data" / "knee" / "singlecoil_val"
+    split = synthetic_root / "knee" / "singlecoil_val"
+    names = sorted(p.name for p in split.iterdir())
     for accel, cf in ((4, 0.08), (8, 0.04)):
         r = results[accel]
         assert (r["acceleration"], r["center_fraction"], r["mask_type"]) == (accel, cf, "random")
-        assert sorted(p.name for p in (tmp_path / "lb" / f"{accel}x").iterdir()) == ["v0.h5", "v1.h5"]
+        assert sorted(p.name for p in (tmp_path / "lb" / f"{accel}x").iterdir()) == names
         direct = ev.evaluate_folders(split, tmp_path / "lb" / f"{accel}x", "singlecoil")
         assert r["metrics"]["SSIM"]["mean"] == direct.mean("SSIM")
-        assert r["num_volumes"] == 2
+        assert r["num_volumes"] == len(names)
     # More samples, better zero-filled input.
     assert results[4]["metrics"]["NMSE"]["mean"] < results[8]["metrics"]["NMSE"]["mean"]
     table = ev.format_leaderboard_table(results).splitlines()
     assert table[1].split()[:2] == ["4x", "random"] and table[2].split()[:2] == ["8x", "random"]
+
+    brain = leaderboard_validation(torch.nn.Identity(), synthetic_root / "brain" / "multicoil_val",
+                                   "multicoil", tmp_path / "lbb", accelerations=(4,),
+                                   center_fractions=(0.08,), progress=False)
+    assert brain[4]["mask_type"] == "equispaced"
+    with pytest.raises(ValueError, match="several multicoil_val folders"):
+        leaderboard_validation(torch.nn.Identity(), synthetic_root, "multicoil", tmp_path / "z")
+    with pytest.raises(ValueError, match="one centre fraction per acceleration"):
+        leaderboard_validation(torch.nn.Identity(), synthetic_root / "knee", "singlecoil",
+                               tmp_path / "z", accelerations=(4, 8), center_fractions=(0.08,))
+    assert not (tmp_path / "z").exists()

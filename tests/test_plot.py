@@ -10,7 +10,6 @@ from matplotlib import image as mpimg
 
 from fastmri_growth import plot
 from fastmri_growth.inference import fixed_mask_func, reconstruct
-from tests.test_evaluate import write_split
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -83,36 +82,35 @@ def test_curves_with_missing_columns(tmp_path, capsys):
     assert not (tmp_path / "n.png").exists()
 
 
-def test_grid_uses_the_reconstruction_mask(tmp_path):
-    write_split(tmp_path / "val", ["v0.h5", "v1.h5"], slices=3)
-    reconstruct(torch.nn.Identity(), tmp_path / "val", "singlecoil", fixed_mask_func("random", 4),
+def test_grid_uses_the_reconstruction_mask(synthetic_root, tmp_path):
+    val = synthetic_root / "knee" / "singlecoil_val"
+    n0, n1 = sorted(p.name for p in val.iterdir())[:2]
+    reconstruct(torch.nn.Identity(), val, "singlecoil", fixed_mask_func("random", 4),
                 tmp_path / "rec", progress=False)
-    rows, label = plot.grid_rows(tmp_path / "rec", tmp_path / "val", "singlecoil", num_slices=4)
+    rows, label = plot.grid_rows(tmp_path / "rec", val, "singlecoil", num_slices=4)
     assert label == "random 4x"
-    assert [(r.name, r.slice_num) for r in rows] == [
-        ("v0.h5", 1), ("v0.h5", 2), ("v1.h5", 1), ("v1.h5", 2)]
+    assert [(r.name, r.slice_num) for r in rows] == [(n0, 1), (n0, 2), (n1, 1), (n1, 2)]
     for r in rows:
         # An identity network returns its input: the grid's input is the same image.
-        np.testing.assert_allclose(r.input, r.reconstruction, rtol=1e-5, atol=1e-6)
-        assert r.target.shape == r.input.shape == (32, 32)
-    rows8, _ = plot.grid_rows(tmp_path / "rec", tmp_path / "val", "singlecoil", acceleration=8,
-                              num_slices=1)
+        np.testing.assert_allclose(r.input, r.reconstruction, rtol=1e-5, atol=1e-9)
+        assert r.target.shape == r.input.shape == (64, 64)
+    rows8, _ = plot.grid_rows(tmp_path / "rec", val, "singlecoil", acceleration=8, num_slices=1)
     assert not np.allclose(rows8[0].input, rows8[0].reconstruction, rtol=1e-3)
 
-    out = plot.plot_grid(tmp_path / "rec", tmp_path / "val", "singlecoil", tmp_path / "g.png")
+    out = plot.plot_grid(tmp_path / "rec", val, "singlecoil", tmp_path / "g.png")
     assert out == tmp_path / "g.png"
     assert _png_shape(out) == (1160, 1120)  # 4 rows x 4 columns
 
 
-def test_grid_of_test_files_has_two_columns(tmp_path, capsys):
-    write_split(tmp_path / "test", ["t0.h5", "t1.h5"], test=True)
-    reconstruct(torch.nn.Identity(), tmp_path / "test", "singlecoil", None, tmp_path / "sub",
+def test_grid_of_test_files_has_two_columns(synthetic_root, tmp_path, capsys):
+    test_split = synthetic_root / "brain" / "multicoil_test"
+    reconstruct(torch.nn.Identity(), test_split, "multicoil", None, tmp_path / "sub",
                 progress=False)
     assert plot.main(["grid", "--reconstructions", str(tmp_path / "sub"), "--data-path",
-                      str(tmp_path / "test"), "--challenge", "singlecoil", "--out",
+                      str(test_split), "--challenge", "multicoil", "--out",
                       str(tmp_path / "g.png"), "--num-slices", "3"]) == 0
     assert capsys.readouterr().out.strip() == str(tmp_path / "g.png")
-    assert _png_shape(tmp_path / "g.png") == (870, 560)
+    assert _png_shape(tmp_path / "g.png") == (870, 560)  # 3 rows x 2 columns
 
 
 @pytest.mark.parametrize("case", ["no-log-dir", "no-csv"])
@@ -131,21 +129,26 @@ def test_cli_bad_input_exits_2_with_one_line(tmp_path, case):
     assert not (tmp_path / "c.png").exists()
 
 
-def test_grid_bad_input_exits_2_with_one_line(tmp_path, capsys):
-    write_split(tmp_path / "val", ["v0.h5"])
-    write_split(tmp_path / "other", ["x.h5"])
-    base = ["grid", "--data-path", str(tmp_path / "val"), "--challenge", "singlecoil",
+def test_grid_bad_input_exits_2_with_one_line(synthetic_root, tmp_path, capsys):
+    val = synthetic_root / "knee" / "singlecoil_val"
+    base = ["grid", "--data-path", str(val), "--challenge", "singlecoil",
             "--out", str(tmp_path / "g.png")]
     cases = [
-        (["--reconstructions", str(tmp_path / "other")], "no reconstruction in"),
+        # Test-split files are named differently from the val split's.
+        (["--reconstructions", str(synthetic_root / "knee" / "singlecoil_test")],
+         "no reconstruction in"),
         (["--reconstructions", str(tmp_path / "nope")], "nope does not exist"),
-        (["--reconstructions", str(tmp_path / "val"), "--acceleration", "6"],
+        (["--reconstructions", str(val), "--acceleration", "6"],
          "no default centre fraction for acceleration 6"),
-        (["--reconstructions", str(tmp_path / "val"), "--num-slices", "0"],
-         "--num-slices must be at least 1"),
+        (["--reconstructions", str(val), "--num-slices", "0"], "--num-slices must be at least 1"),
+        (["--reconstructions", str(val), "--challenge", "brain"], "invalid choice: 'brain'"),
     ]
     for extra, expected in cases:
-        assert plot.main(base + extra) == 2
+        try:
+            rc = plot.main(base + extra)
+        except SystemExit as exc:  # argparse errors exit from inside parse_args
+            rc = exc.code
+        assert rc == 2
         captured = capsys.readouterr()
         assert captured.out == ""
         assert captured.err.count("\n") == 1 and expected in captured.err, captured.err
