@@ -339,14 +339,25 @@ def _smooth_fields(rng, count: int, n: int, cycles: float) -> np.ndarray:
     return fields
 
 
-def _slice_fields(rng, num_slices: int, n: int, cycles: float) -> np.ndarray:
+# A volume with this many slices or more spans the whole anatomy; fewer slices
+# are its central ones, with the same spacing, so neighbours stay similar.
+_FULL_VOLUME_SLICES = 16
+
+
+def _slice_positions(num_slices: int) -> np.ndarray:
+    """Slice positions in [-1, 1] through the anatomy, centred on 0."""
+    spacing = 2.0 / (max(num_slices, _FULL_VOLUME_SLICES) - 1)
+    return (np.arange(num_slices) - (num_slices - 1) / 2) * spacing
+
+
+def _slice_fields(rng, positions: np.ndarray, n: int, cycles: float) -> np.ndarray:
     """Per-slice random fields that change smoothly through the volume.
 
     Returns:
-        Array ``(num_slices, n, n)``, each slice of unit variance.
+        Array ``(len(positions), n, n)``, each slice of unit variance.
     """
     a, b = _smooth_fields(rng, 2, n, cycles)
-    angle = np.linspace(0.0, np.pi / 2, num_slices) + rng.uniform(0, 2 * np.pi)
+    angle = np.pi / 4 * positions + rng.uniform(0, 2 * np.pi)
     return np.cos(angle)[:, None, None] * a + np.sin(angle)[:, None, None] * b
 
 
@@ -356,6 +367,7 @@ def _paint(image, mask, value):
 
 def _knee_slices(rng, num_slices: int, n: int, acquisition: str) -> np.ndarray:
     """Coronal knee phantom magnitudes, ``(num_slices, n, n)``, values about 0-1."""
+    positions = _slice_positions(num_slices)
     fat_suppressed = acquisition == "CORPDFS_FBK"
     # fat, muscle, marrow, cartilage, cortex, meniscus
     values = (
@@ -378,9 +390,9 @@ def _knee_slices(rng, num_slices: int, n: int, acquisition: str) -> np.ndarray:
     c, s = np.cos(angle), np.sin(angle)
     y = (c * y0 - s * (x0 - shift_x)) / zoom - joint_y
     x = (s * y0 + c * (x0 - shift_x)) / zoom
-    soft_tex = _slice_fields(rng, num_slices, n, 3.0)
-    bone_tex = _slice_fields(rng, num_slices, n, 12.0)
-    bias = _slice_fields(rng, num_slices, n, 1.0)
+    soft_tex = _slice_fields(rng, positions, n, 3.0)
+    bone_tex = _slice_fields(rng, positions, n, 12.0)
+    bias = _slice_fields(rng, positions, n, 1.0)
 
     def bone_parts(t, grow):
         gb = np.sqrt(max(0.0, 1.0 - 0.8 * t * t))
@@ -404,7 +416,7 @@ def _knee_slices(rng, num_slices: int, n: int, acquisition: str) -> np.ndarray:
 
     joint = np.exp(-(((y - 0.095) / 0.09) ** 2))
     slices = np.empty((num_slices, n, n))
-    for i, t in enumerate(np.linspace(-1.0, 1.0, num_slices) if num_slices > 1 else [0.0]):
+    for i, t in enumerate(positions):
         gw = np.sqrt(1.0 - 0.35 * t * t)
         img = np.zeros((n, n))
         img = _paint(img, _soft_ellipse(y, x, 0.0, 0.0, 0.96, leg_ax * gw, edge), fat)
@@ -440,6 +452,7 @@ _BRAIN_CONTRASTS = {
 
 def _brain_slices(rng, num_slices: int, n: int, acquisition: str) -> np.ndarray:
     """Axial head phantom magnitudes, ``(num_slices, n, n)``, values about 0-1."""
+    positions = _slice_positions(num_slices)
     values = np.array(_BRAIN_CONTRASTS[acquisition]) * rng.uniform(0.9, 1.1, size=7)
     fat, skull, csf, grey, white, deep, lesion = values
     y0, x0 = _grid(n)
@@ -460,8 +473,8 @@ def _brain_slices(rng, num_slices: int, n: int, acquisition: str) -> np.ndarray:
     amps = rng.uniform(0.5, 1.0, size=(2, ks.size)) / np.sqrt(ks.size)
     surface = 1.0 + 0.02 * np.sum(amps[0] * np.sin(ks * theta[..., None] + phases[0]), -1)
     folds = 1.0 + 0.05 * np.sum(amps[1] * np.sin(ks * theta[..., None] + phases[1]), -1)
-    tex = _slice_fields(rng, num_slices, n, 6.0)
-    bias = _slice_fields(rng, num_slices, n, 1.0)
+    tex = _slice_fields(rng, positions, n, 6.0)
+    bias = _slice_fields(rng, positions, n, 1.0)
     lesions = []
     if acquisition in ("AXT2", "AXFLAIR") and rng.uniform() < 0.6:
         for _ in range(int(rng.integers(1, 4))):
@@ -474,7 +487,7 @@ def _brain_slices(rng, num_slices: int, n: int, acquisition: str) -> np.ndarray:
                             rng.uniform(0.012, 0.02), rng.uniform(-0.8, 0.8)))
 
     slices = np.empty((num_slices, n, n))
-    for i, t in enumerate(np.linspace(-0.8, 0.8, num_slices) if num_slices > 1 else [0.0]):
+    for i, t in enumerate(0.8 * positions):
         g = np.sqrt(1.0 - 0.45 * t * t)
         ay, ax = head_ay * g, head_ax * g
         img = np.zeros((n, n))
@@ -518,11 +531,12 @@ def _brain_slices(rng, num_slices: int, n: int, acquisition: str) -> np.ndarray:
 
 def _phase(rng, num_slices: int, n: int) -> np.ndarray:
     """Smooth image phase, ``(num_slices, n, n)`` radians."""
+    positions = _slice_positions(num_slices)
     y, x = _grid(n)
     start, slope = rng.uniform(-0.6, 0.6, size=(2, 4))
-    field = _slice_fields(rng, num_slices, n, 1.5)
+    field = _slice_fields(rng, positions, n, 1.5)
     out = np.empty((num_slices, n, n))
-    for i, t in enumerate(np.linspace(-1.0, 1.0, num_slices)):
+    for i, t in enumerate(positions):
         c0, c1, c2, c3 = start + 0.5 * slope * t
         out[i] = c0 + c1 * y + c2 * x + c3 * (x * x + y * y) + 0.4 * field[i]
     return out
@@ -621,7 +635,7 @@ def _make_volume(meta: _VolumeMeta, num_slices: int, recon_size: int, seed: int)
         image = image[:, None] * maps[None]
     kspace = _fft2c(image)
     noise_rng = _rng(seed, anatomy, split, index, _STREAM_NOISE, coil_mode)
-    sigma = _INTENSITY_SCALE * noise_rng.uniform(0.01, 0.03) / np.sqrt(2.0)
+    sigma = _INTENSITY_SCALE * noise_rng.uniform(0.006, 0.02) / np.sqrt(2.0)
     kspace = kspace + sigma * (
         noise_rng.standard_normal(kspace.shape) + 1j * noise_rng.standard_normal(kspace.shape)
     )
