@@ -2,10 +2,12 @@
 PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
-# The CPU build of torch. torchvision is never imported by fastmri or by us, but
-# fastmri declares it; pinning the release that matches this torch keeps pip
-# from replacing the CPU build with a multi-GB CUDA one.
-TORCH_SPEC ?= torch==2.13.0 torchvision==0.28.0
+# fastmri declares torchvision, and torchmetrics (imported by Lightning)
+# imports it whenever it is installed, so torch and torchvision must be a
+# matching pair: PyPI's torchvision 0.28 does not load beside the CPU-only
+# torch 2.13 build. These two releases match (and are what `pip install
+# fastmri` resolves to under this machine's pip cap).
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
