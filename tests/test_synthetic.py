@@ -272,7 +272,9 @@ def test_images_are_smooth_anatomy_not_noise(synthetic_root, challenge):
         for image in target:
             assert _corr(image[:, 1:], image[:, :-1]) > 0.8  # neighbouring pixels
             centre = image[R // 4 : 3 * R // 4, R // 4 : 3 * R // 4].mean()
-            corners = np.concatenate([image[:4, :4], image[:4, -4:], image[-4:, :4], image[-4:, -4:]])
+            corners = np.concatenate(
+                [image[:4, :4], image[:4, -4:], image[-4:, :4], image[-4:, -4:]]
+            )
             assert centre > 3 * corners.mean()  # object in the middle, noise around
         for a, b in zip(target[:-1], target[1:]):
             assert _corr(a, b) > 0.7  # neighbouring slices
@@ -323,7 +325,8 @@ def _assert_same(a, b):
         (arrays_a, attrs_a), (arrays_b, attrs_b) = a[name], b[name]
         assert arrays_a.keys() == arrays_b.keys()
         for key in arrays_a:
-            assert np.asarray(arrays_a[key]).tobytes() == np.asarray(arrays_b[key]).tobytes(), (name, key)
+            bytes_a, bytes_b = (np.asarray(x[key]).tobytes() for x in (arrays_a, arrays_b))
+            assert bytes_a == bytes_b, (name, key)
         assert attrs_a == attrs_b
 
 
@@ -365,15 +368,31 @@ def test_refuses_to_overwrite_and_writes_nothing(tmp_path):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"challenges": ("knee",)}, "unknown challenge 'knee'; valid challenges: knee_singlecoil, knee_multicoil, brain_multicoil"),
+        (
+            {"challenges": ("knee",)},
+            "unknown challenge 'knee'; valid challenges: "
+            "knee_singlecoil, knee_multicoil, brain_multicoil",
+        ),
         ({"challenges": ()}, "no challenges given"),
-        ({"splits": ("training",)}, "unknown split 'training'; valid splits: train, val, test, challenge"),
-        ({"recon_size": 63}, "recon_size must be a positive even integer (e.g. 64, 128, 320), got 63"),
+        (
+            {"splits": ("training",)},
+            "unknown split 'training'; valid splits: train, val, test, challenge",
+        ),
+        (
+            {"recon_size": 63},
+            "recon_size must be a positive even integer (e.g. 64, 128, 320), got 63",
+        ),
         ({"recon_size": 0}, "got 0"),
         ({"recon_size": 64.0}, "got 64.0"),
-        ({"num_volumes": 0}, "num_volumes for split 'train' must be an integer in [1, 199999], got 0"),
+        (
+            {"num_volumes": 0},
+            "num_volumes for split 'train' must be an integer in [1, 199999], got 0",
+        ),
         ({"num_volumes": {"tset": 1}}, "unknown split 'tset'"),
-        ({"num_volumes": {"val": 1}, "splits": ("train",)}, "names split 'val', which is not being generated"),
+        (
+            {"num_volumes": {"val": 1}, "splits": ("train",)},
+            "names split 'val', which is not being generated",
+        ),
         ({"num_slices": 0}, "num_slices must be a positive integer, got 0"),
         ({"seed": -1}, "seed must be a non-negative integer, got -1"),
         ({"num_coils": (5, 2)}, "1 <= min <= max, got (5, 2)"),

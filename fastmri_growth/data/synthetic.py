@@ -510,17 +510,17 @@ def _brain_slices(rng, num_slices: int, n: int, acquisition: str) -> np.ndarray:
         img = _paint(img, fissure * brain, csf)
         mid = max(0.0, 1.0 - ((t - 0.1) / 0.5) ** 2)  # deep structures: mid slices
         for side in (-1.0, 1.0):
-            img = _paint(img, _soft_ellipse(y, x, 0.05, side * 0.2, 0.15 * mid, 0.08 * mid, edge), deep)
+            basal = _soft_ellipse(y, x, 0.05, side * 0.2, 0.15 * mid, 0.08 * mid, edge)
+            img = _paint(img, basal, deep)
         for cy, cx, rad, t0 in lesions:
             size = rad * max(0.0, 1.0 - ((t - t0) / 0.35) ** 2)
             img = _paint(img, _soft_ellipse(y, x, cy, cx, size, size * 0.8, edge), lesion)
         vent = max(0.0, 1.0 - ((t - 0.15) / 0.45) ** 2)
         for side in (-1.0, 1.0):
-            img = _paint(
-                img,
-                _soft_ellipse(y, x, -0.04, side * 0.085, 0.27 * vent, 0.06 * vent, edge, side * 0.25),
-                csf,
+            horn = _soft_ellipse(
+                y, x, -0.04, side * 0.085, 0.27 * vent, 0.06 * vent, edge, side * 0.25
             )
+            img = _paint(img, horn, csf)
         img = _paint(img, _soft_ellipse(y, x, 0.12, 0.0, 0.08 * vent, 0.015 * vent, edge), csf)
         for cy, cx, rad, t0 in vessels:
             if abs(t - t0) < 0.3:
@@ -836,7 +836,7 @@ def generate_dataset(
             content = f"target {recon_size}x{recon_size}"
         say(
             f"{folder}: {len(metas)} volume{'s' if len(metas) > 1 else ''} x "
-            f"{num_slices} slices, k-space {shape}, {content} "
+            f"{num_slices} slice{'s' if num_slices > 1 else ''}, k-space {shape}, {content} "
             f"({time.perf_counter() - split_start:.1f} s)"
         )
         ours = {m.path.name for m in metas}
@@ -847,8 +847,9 @@ def generate_dataset(
                 "(SliceDataset will read them too)"
             )
     size = sum(p.stat().st_size for p in written) / 2**20
+    files = f"{len(written)} file{'s' if len(written) > 1 else ''}"
     say(
-        f"wrote {len(written)} files ({size:.1f} MiB) under {out_dir} in "
+        f"wrote {files} ({size:.1f} MiB) under {out_dir} in "
         f"{time.perf_counter() - start:.1f} s"
     )
     if existing:
