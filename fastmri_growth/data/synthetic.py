@@ -938,10 +938,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="root folder of the dataset")
     parser.add_argument("--challenges", nargs="+", choices=CHALLENGES,
                         default=list(d["challenges"]), metavar="CHALLENGE",
-                        help=f"any of {', '.join(CHALLENGES)} (default: %(default)s)")
+                        help=f"any of {', '.join(CHALLENGES)} "
+                             f"(default: {' '.join(d['challenges'])})")
     parser.add_argument("--splits", nargs="+", choices=SPLITS, default=list(d["splits"]),
                         metavar="SPLIT",
-                        help=f"any of {', '.join(SPLITS)} (default: %(default)s)")
+                        help=f"any of {', '.join(SPLITS)} (default: all)")
     parser.add_argument("--num-volumes", "--num_volumes", dest="num_volumes",
                         type=_arg(_parse_num_volumes), default=d["num_volumes"],
                         metavar="N|SPLIT=N,...",
