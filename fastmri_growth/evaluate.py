@@ -462,6 +462,17 @@ def _load_unet(checkpoint: Path):
     return unet
 
 
+def _check_device(device: str) -> None:
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise EvaluationError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise EvaluationError(f"--device {device}: CUDA is not available here; use --device cpu")
+
+
 def _run_leaderboard(args) -> int:
     from fastmri_growth.inference import leaderboard_validation
 
@@ -470,6 +481,7 @@ def _run_leaderboard(args) -> int:
             f"{len(args.accelerations)} accelerations but {len(args.center_fractions)} centre "
             "fractions; pass one --center-fractions value per acceleration"
         )
+    _check_device(args.device)
     unet = _load_unet(args.checkpoint)
     try:
         results = leaderboard_validation(

@@ -186,6 +186,9 @@ def test_main_bad_input_exits_2_with_one_line(folders, tmp_path, capsys):
          "a.h5 has no 'kspace' dataset"),
         (["leaderboard", "--checkpoint", tmp_path / "none.ckpt", "--data-path", tdir,
           "--challenge", "singlecoil", "--out", tmp_path / "lb"], "none.ckpt does not exist"),
+        (["leaderboard", "--checkpoint", tmp_path / "none.ckpt", "--data-path", tdir,
+          "--challenge", "singlecoil", "--out", tmp_path / "lb", "--device", "tpu9"],
+         "unknown device 'tpu9'"),
         ([], "no command given"),
     ]
     for args, expected in cases:
