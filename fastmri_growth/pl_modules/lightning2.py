@@ -377,6 +377,14 @@ class _DistributedVolumeSampler(VolumeSampler, torch.utils.data.DistributedSampl
     def __init__(self, dataset, **kwargs: Any) -> None:
         VolumeSampler.__init__(self, dataset, **kwargs)
         self.drop_last = False
+        if not self.indices:
+            # VolumeSampler would fail later with a ZeroDivisionError, and a
+            # rank without batches would stall the others' metric reduction.
+            raise ValueError(
+                f"{len(self.all_volume_names)} volume(s) for {self.num_replicas} processes: "
+                f"process {self.rank} gets no whole volume to validate or test; "
+                "use at most as many processes as volumes"
+            )
 
 
 class FastMriDataModule(fastmri_pl.FastMriDataModule):
