@@ -65,20 +65,11 @@ class _OneLineParser(argparse.ArgumentParser):
 # ---------------------------------------------------------------------------
 
 
-def str2bool(value: str) -> bool:
-    """Parse a command-line boolean ("true"/"false", "1"/"0", "yes"/"no").
+def str2bool(value) -> bool:
+    """Parse a command-line boolean (the Lightning-2 bridge's parser)."""
+    from fastmri_growth.pl_modules.lightning2 import str2bool as parse
 
-    fastMRI declares its boolean flags with ``type=bool``, for which the
-    string "False" is True; this parser replaces that type.
-    """
-    if isinstance(value, bool):
-        return value
-    lowered = str(value).strip().lower()
-    if lowered in ("true", "1", "yes", "y", "on"):
-        return True
-    if lowered in ("false", "0", "no", "n", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+    return parse(value)
 
 
 def _bool_or_warn(value: str):
@@ -136,11 +127,9 @@ def module_class(model_type: str) -> Type:
 
 
 def data_module_class() -> Type:
-    """fastMRI's FastMriDataModule, or its Lightning-2 port when there is one."""
-    try:
-        from fastmri_growth.pl_modules.lightning2 import FastMriDataModule
-    except ImportError:
-        from fastmri.pl_modules import FastMriDataModule
+    """FastMriDataModule as fixed for Lightning 2 (same flags as fastMRI's)."""
+    from fastmri_growth.pl_modules.lightning2 import FastMriDataModule
+
     return FastMriDataModule
 
 
@@ -179,7 +168,7 @@ def _add_run_args(parser: argparse.ArgumentParser, model_type: str) -> None:
         default=None,
         type=Path,
         help=(
-            "Checkpoint to resume from (train) or to test (test). Default: the "
+            "Checkpoint to resume from (train) or to test (test); None: the "
             "newest .ckpt in DEFAULT_ROOT_DIR/checkpoints"
         ),
     )
@@ -235,9 +224,9 @@ def _add_trainer_args(parser: argparse.ArgumentParser) -> None:
         default=None,
         type=Path,
         help=(
-            "Folder for checkpoints, logs and reconstructions. Default: "
-            f"LOG_PATH/MODEL_TYPE/MODEL_TYPE_demo, LOG_PATH from ./{DIRS_CONFIG} "
-            "(log_path) or ."
+            "Folder for checkpoints, logs and reconstructions; None: "
+            f"LOG_PATH/MODEL_TYPE/MODEL_TYPE_demo, LOG_PATH being log_path from "
+            f"./{DIRS_CONFIG}, else ."
         ),
     )
     group.add_argument(
@@ -298,6 +287,12 @@ def build_parser(model_type: str = DEFAULT_MODEL_TYPE) -> argparse.ArgumentParse
     base.set_defaults(test_path=None)
     base = module_class(model_type).add_model_specific_args(base)
     _add_trainer_args(base)
+    for action in base._actions:
+        if action.dest == "data_path":
+            action.help = (
+                f"Path to fastMRI data root (holding CHALLENGE_train/, CHALLENGE_val/, ...); "
+                f"default: knee_path from ./{DIRS_CONFIG}"
+            )
     parser = _OneLineParser(
         prog=PROG,
         description=(
@@ -311,10 +306,6 @@ def build_parser(model_type: str = DEFAULT_MODEL_TYPE) -> argparse.ArgumentParse
         parents=[base],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    for action in parser._actions:
-        # fastMRI's type=bool flags parse "False" as True.
-        if action.type is bool:
-            action.type = str2bool
     return parser
 
 
@@ -490,31 +481,28 @@ def check_split_dir(folder: Path, challenge: str, need_target: bool, hint: str) 
 
 
 def data_folders(args: argparse.Namespace) -> Dict[str, Path]:
-    """The split folders a run reads, as FastMriDataModule names them.
+    """The split folders a run reads, named as FastMriDataModule names them.
 
     Returns:
-        ``{"train": ..., "val": ..., "test": ...}`` for training, and
-        ``{"test": ...}`` for test mode (the ``--test_split`` folder or
-        ``--test_path``). FastMriDataModule.prepare_data also lists the test
-        folder during training when the dataset cache is on.
+        ``{"train": ..., "val": ..., "test": ...}``: train and val for
+        training; test (the ``--test_split`` folder, or ``--test_path``) in
+        both modes, since training lists it too when the dataset cache is on.
     """
     folders: Dict[str, Path] = {}
     root = Path(args.data_path) if args.data_path is not None else None
-    if args.mode == "train":
+    if root is not None and args.mode == "train":
         folders["train"] = root / f"{args.challenge}_train"
         folders["val"] = root / f"{args.challenge}_val"
     if args.test_path is not None:
         folders["test"] = Path(args.test_path)
     elif root is not None:
-        split = args.test_split if args.mode == "test" else "test"
-        folders["test"] = root / f"{args.challenge}_{split}"
+        folders["test"] = root / f"{args.challenge}_{args.test_split}"
     return folders
 
 
 def check_data(args: argparse.Namespace) -> None:
     """Check the data folders the run will read (see :func:`data_folders`)."""
-    needs_root = args.mode == "train" or args.test_path is None or args.use_dataset_cache_file
-    if args.data_path is None and needs_root:
+    if args.data_path is None and (args.mode == "train" or args.test_path is None):
         raise UsageError(
             f"no data path: pass --data_path DIR (a fastMRI root holding "
             f"{args.challenge}_train/, {args.challenge}_val/, ...) or set knee_path in "
@@ -525,21 +513,21 @@ def check_data(args: argparse.Namespace) -> None:
             f"data path {args.data_path} (from {args.data_path_source}) does not exist; "
             f"pass --data_path DIR; {SYNTH_HINT}"
         )
-    folders = data_folders(args)
-    for split, folder in folders.items():
-        if split == "test" and args.mode == "train" and not args.use_dataset_cache_file:
-            continue  # training reads the test folder only to build the cache
-        if split == "test" and args.test_path is not None:
-            hint = "pass an existing --test_path"
-        else:
-            hint = (
-                f"--data_path must hold {args.challenge}_{{train,val,test}}/ folders "
-                f"(fastMRI layout); {SYNTH_HINT}"
-            )
-            if split == "test" and args.mode == "train":
-                hint += " (training lists it to build the dataset cache; or pass --use_dataset_cache_file false)"
-        need_target = split in ("train", "val") or (split == "test" and args.test_split == "val"
-                                                     and args.test_path is None)
+    layout_hint = (
+        f"--data_path must hold {args.challenge}_train/, {args.challenge}_val/ and "
+        f"{args.challenge}_test/ (fastMRI layout); {SYNTH_HINT}"
+    )
+    for split, folder in data_folders(args).items():
+        if split == "test" and args.mode == "train":
+            # Training lists the test folder only to warm the dataset cache,
+            # and skips it when it is missing.
+            if not (args.use_dataset_cache_file and folder.is_dir()):
+                continue
+        hint = "pass an existing --test_path" if (
+            split == "test" and args.test_path is not None) else layout_hint
+        need_target = split in ("train", "val") or (
+            args.mode == "test" and args.test_path is None and args.test_split == "val"
+        )
         check_split_dir(folder, args.challenge, need_target, hint)
 
 
@@ -557,24 +545,38 @@ def newest_checkpoint(checkpoint_dir: Path) -> Optional[Path]:
 
 
 def _checkpoint_model_type(path: Path) -> Optional[str]:
-    """``"dynamic_unet"`` or ``"unet"`` from a checkpoint's hyperparameters.
+    """``"dynamic_unet"`` or ``"unet"``: the module a checkpoint was written by.
 
-    Returns None when the file does not say (not a Lightning checkpoint).
+    Decided as :func:`fastmri_growth.pl_modules.load_module` decides it.
+    Returns None for a checkpoint that holds neither.
+
+    Raises:
+        UsageError: the file cannot be read as a checkpoint.
     """
     import torch
 
+    from fastmri_growth.pl_modules.dynamic_unet_module import CHECKPOINT_KEY
+
     try:
-        ckpt = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+        try:
+            # mmap: only the small dict entries are read, not every tensor.
+            ckpt = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+        except RuntimeError:
+            ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:
+        first = str(err).splitlines()[0] if str(err) else ""
         raise UsageError(
-            f"cannot read checkpoint {path} ({type(err).__name__}: "
-            f"{str(err).splitlines()[0] if str(err) else ''}); pass another --ckpt_path "
-            "or move the broken file out of the checkpoints folder"
+            f"cannot read checkpoint {path} ({type(err).__name__}: {first}); pass another "
+            "--ckpt_path or move the broken file out of the checkpoints folder"
         ) from None
-    hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
-    if not isinstance(hparams, dict):
+    if not isinstance(ckpt, dict):
         return None
-    return "dynamic_unet" if "growth_method" in hparams else "unet"
+    hparams = ckpt.get("hyper_parameters") or {}
+    if CHECKPOINT_KEY in ckpt or "growth_method" in hparams:
+        return "dynamic_unet"
+    if any(str(k).startswith("unet.") for k in ckpt.get("state_dict", {})):
+        return "unet"
+    return None
 
 
 def resolve_checkpoint(args: argparse.Namespace) -> Optional[Path]:
@@ -686,6 +688,10 @@ def build_trainer(args: argparse.Namespace):
                 verbose=True,
                 monitor="validation_loss",
                 mode="min",
+                # last.ckpt is always the latest state, also after a run folder
+                # was moved: Lightning then forgets the old paths and would
+                # otherwise write last-v1.ckpt next to a stale last.ckpt.
+                enable_version_counter=False,
             )
         )
     loggers = [

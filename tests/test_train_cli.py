@@ -1,0 +1,431 @@
+"""The train/test command line (``fastmri_growth.train``), end to end.
+
+Training, resuming and test mode run ``python -m fastmri_growth.train`` in a
+subprocess on a tiny synthetic single-coil knee set (64 x 64, 2 volumes of 2
+slices per split, chans 4, 2 pools). Bad input runs ``main`` in-process
+(plus one subprocess) and checks: exit status 2, one line on stderr, no
+traceback, and checkpoints unchanged byte for byte.
+"""
+import csv
+import hashlib
+import inspect
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from fastmri_growth import train
+
+CHANS, POOLS = 4, 2
+# Growth at the start of epoch 1 (the second epoch), every epoch after.
+TINY_ARGS = [
+    "--challenge", "singlecoil",
+    "--chans", str(CHANS),
+    "--num_pool_layers", str(POOLS),
+    "--growth-method", "sample_select",
+    "--n-candidates", "4",
+    "--growth-interval", "1",
+    "--growth-start-epoch", "1",
+    "--accelerator", "cpu",
+    "--devices", "1",
+    "--num_workers", "0",
+    "--enable_progress_bar", "false",
+    "--log_every_n_steps", "1",
+]
+
+
+def run_cli(args, cwd, timeout=300):
+    """``python -m fastmri_growth.train ARGS`` in ``cwd``; returns the CompletedProcess."""
+    return subprocess.run(
+        [sys.executable, "-m", "fastmri_growth.train", *map(str, args)],
+        cwd=cwd, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def file_hashes(folder: Path) -> dict:
+    """``{relative path: sha256}`` of every file below ``folder``."""
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*")) if p.is_file()
+    }
+
+
+def csv_epochs(csv_path: Path) -> set:
+    with open(csv_path, newline="") as f:
+        return {int(row["epoch"]) for row in csv.DictReader(f) if row["epoch"]}
+
+
+def unet_numel(state_dict) -> int:
+    return sum(t.numel() for k, t in state_dict.items() if k.startswith("unet."))
+
+
+@pytest.fixture(scope="module")
+def knee_root(tmp_path_factory):
+    """A tiny synthetic single-coil knee root: singlecoil_{train,val,test}."""
+    from fastmri_growth.data.synthetic import generate_dataset
+
+    root = tmp_path_factory.mktemp("cli_data")
+    generate_dataset(root, challenges=("knee_singlecoil",), splits=("train", "val", "test"),
+                     num_volumes=2, num_slices=2, recon_size=64, seed=0)
+    return root / "knee"
+
+
+@pytest.fixture(scope="module")
+def trained_run(knee_root, tmp_path_factory):
+    """Two epochs of growing-U-Net training; returns (run_dir, CompletedProcess)."""
+    work = tmp_path_factory.mktemp("cli_train")
+    run_dir = work / "run"
+    proc = run_cli(["--data_path", knee_root, "--default_root_dir", run_dir,
+                    "--max_epochs", "2", *TINY_ARGS], cwd=work)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run_dir, proc
+
+
+@pytest.fixture
+def run_copy(trained_run, tmp_path):
+    """A private copy of the trained run (mtimes kept) for tests that write to it."""
+    dst = tmp_path / "run"
+    shutil.copytree(trained_run[0], dst)
+    return dst
+
+
+# ------------------------------------------------------------------ parser
+
+
+def test_help_lists_model_type_growth_flags_both_spellings(capsys):
+    with pytest.raises(SystemExit) as exc:
+        train.main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for flag in ("--model-type", "--model_type", "--growth-method", "--growth_method",
+                 "--n-candidates", "--n_candidates", "--layers-to-grow", "--layers_to_grow",
+                 "--growth-schedule", "--growth_schedule", "--max-width", "--max_width",
+                 "--mode", "--mask_type", "--center_fractions", "--accelerations", "--data_path",
+                 "--use_dataset_cache_file", "--combine_train_val", "--accelerator", "--devices",
+                 "--strategy", "--num_nodes", "--precision", "--max_epochs", "--default_root_dir",
+                 "--deterministic", "--limit_train_batches", "--limit_val_batches",
+                 "--log_every_n_steps", "--num_sanity_val_steps", "--seed", "--chans"):
+        assert re.search(rf"(^|[\s\[,]){re.escape(flag)}\b", out), flag
+    assert "fastmri-growth-synth" in out
+
+
+def test_unet_model_type_has_no_growth_flags_and_its_own_defaults(capsys):
+    parser = train.build_parser("unet")
+    options = {o for a in parser._actions for o in a.option_strings}
+    assert "--growth-method" not in options and "--chans" in options
+    args = train.parse_args(["--model-type", "unet"])
+    assert args.model_type == "unet"
+    assert args.chans == 32  # the ported UnetModule's default, not fastMRI's 1
+    # Growth flags are rejected for the fixed U-Net, in one line.
+    with pytest.raises(SystemExit) as exc:
+        train.parse_args(["--model-type", "unet", "--growth-method", "split"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--growth-method" in err[0]
+
+
+def test_growth_flags_accept_both_spellings_and_module_defaults():
+    from fastmri_growth.pl_modules import DynamicUnetModule
+
+    defaults = train.parse_args([])
+    assert defaults.model_type == "dynamic_unet"
+    for name, value in DynamicUnetModule.growth_defaults().items():
+        assert getattr(defaults, name) == value, name
+    hyphen = train.parse_args(["--growth-method", "split", "--n-new", "3", "--layers-to-grow", "down_0"])
+    under = train.parse_args(["--growth_method", "split", "--n_new", "3", "--layers_to_grow", "down_0"])
+    for args in (hyphen, under):
+        assert (args.growth_method, args.n_new, args.layers_to_grow) == ("split", 3, ["down_0"])
+    # --mode is not mistaken for an abbreviation of --model-type.
+    assert train.parse_args(["--mode", "test"]).mode == "test"
+
+
+def test_mask_types_are_all_of_fastmris():
+    from fastmri.data import subsample
+
+    source = inspect.getsource(subsample.create_mask_for_mask_type)
+    assert set(re.findall(r'mask_type_str == "(\w+)"', source)) == set(train.MASK_TYPES)
+    for mask_type in train.MASK_TYPES:
+        args = train.parse_args(["--mask_type", mask_type])
+        assert args.mask_type == mask_type
+        subsample.create_mask_for_mask_type(mask_type, [0.08], [4])
+
+
+def test_boolean_flags_parse_false():
+    args = train.parse_args(["--use_dataset_cache_file", "False", "--deterministic", "false",
+                             "--combine_train_val", "true"])
+    assert args.use_dataset_cache_file is False
+    assert args.deterministic is False
+    assert args.combine_train_val is True
+    assert train.parse_args(["--deterministic", "warn"]).deterministic == "warn"
+    assert train.parse_args(["--limit_train_batches", "3"]).limit_train_batches == 3
+    assert train.parse_args(["--limit_train_batches", "0.5"]).limit_train_batches == 0.5
+
+
+def test_newest_checkpoint_by_mtime_ties_to_last(tmp_path):
+    assert train.newest_checkpoint(tmp_path / "missing") is None
+    old, best, last = (tmp_path / n for n in ("epoch=0.ckpt", "epoch=1.ckpt", "last.ckpt"))
+    for i, p in enumerate((old, best, last)):
+        p.write_bytes(b"x")
+        os.utime(p, ns=(10**18 + i, 10**18 + i))
+    assert train.newest_checkpoint(tmp_path) == last
+    os.utime(best, ns=(10**18 + 5, 10**18 + 5))
+    assert train.newest_checkpoint(tmp_path) == best
+    os.utime(last, ns=(10**18 + 5, 10**18 + 5))
+    assert train.newest_checkpoint(tmp_path) == last
+
+
+def test_distributed_sampler_follows_strategy_and_devices(tmp_path, knee_root):
+    base = ["--data_path", str(knee_root), "--default_root_dir", str(tmp_path),
+            "--accelerator", "cpu", "--num_workers", "0"]
+    single = train.parse_args(base + ["--devices", "1"])
+    train.validate_args(single)
+    assert not train.uses_distributed_sampler(train.build_trainer(single))
+    for extra in (["--devices", "2"], ["--devices", "1", "--strategy", "ddp"]):
+        args = train.parse_args(base + extra)
+        train.validate_args(args)
+        trainer = train.build_trainer(args)
+        assert trainer.num_devices * trainer.num_nodes >= 1
+        assert train.uses_distributed_sampler(trainer), extra
+        data = train.build_data_module(args, train.uses_distributed_sampler(trainer))
+        assert data.distributed_sampler is True
+    assert not any(tmp_path.iterdir()), "building a trainer must not write files"
+
+
+def test_fastmri_dirs_yaml_is_honoured_and_never_created(tmp_path, monkeypatch, knee_root):
+    monkeypatch.chdir(tmp_path)
+    args = train.parse_args([])
+    train.resolve_paths(args)
+    assert args.data_path is None
+    assert args.default_root_dir == Path(".") / "dynamic_unet" / "dynamic_unet_demo"
+    assert not (tmp_path / "fastmri_dirs.yaml").exists()  # fetch_dir would write a template
+
+    (tmp_path / "fastmri_dirs.yaml").write_text(
+        f"knee_path: {knee_root}\nbrain_path: /nowhere\nlog_path: {tmp_path / 'logs'}\n"
+    )
+    args = train.parse_args(["--model-type", "unet"])
+    train.resolve_paths(args)
+    assert args.data_path == knee_root
+    assert args.default_root_dir == tmp_path / "logs" / "unet" / "unet_demo"
+    train.check_data(args)
+    # --data_path wins over the yaml.
+    args = train.parse_args(["--data_path", "elsewhere"])
+    train.resolve_paths(args)
+    assert args.data_path == Path("elsewhere")
+
+
+# ------------------------------------------------------- training end to end
+
+
+def test_train_grows_and_writes_the_run_layout(trained_run):
+    run_dir, proc = trained_run
+    ckpts = sorted(p.name for p in (run_dir / "checkpoints").glob("*.ckpt"))
+    assert "last.ckpt" in ckpts and len(ckpts) == 2, ckpts  # best (top 1) + last
+    assert any(re.fullmatch(r"epoch=1-step=\d+\.ckpt", n) for n in ckpts), ckpts
+
+    from fastmri_growth.pl_modules import DynamicUnetModule
+
+    start = DynamicUnetModule(chans=CHANS, num_pool_layers=POOLS).state_dict()
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu",
+                      weights_only=False)
+    assert ckpt["epoch"] == 1
+    grown = ckpt["state_dict"]
+    assert unet_numel(grown) > unet_numel(start)
+    first = "unet.down_sample_layers.0.layers.0.weight"
+    assert start[first].shape[0] == CHANS
+    wider = [k for k in start if k.startswith("unet.") and grown[k].shape != start[k].shape]
+    assert wider and all(grown[k].numel() > start[k].numel() for k in wider)
+
+    assert list((run_dir / "lightning_logs" / "version_0").glob("events.out.tfevents.*"))
+    metrics = run_dir / "csv_logs" / "version_0" / "metrics.csv"
+    assert csv_epochs(metrics) == {0, 1}
+    header = metrics.read_text().splitlines()[0].split(",")
+    for column in ("validation_loss", "val_metrics/ssim", "val_metrics/psnr", "val_metrics/nmse",
+                   "network/params", "network/filters"):
+        assert column in header
+    assert str(run_dir / "checkpoints") in proc.stdout
+    assert str(metrics) in proc.stdout
+
+
+def test_second_invocation_resumes_from_the_checkpoint(run_copy, knee_root):
+    before = torch.load(run_copy / "checkpoints" / "last.ckpt", map_location="cpu",
+                        weights_only=False)
+    proc = run_cli(["--data_path", knee_root, "--default_root_dir", run_copy,
+                    "--max_epochs", "3", *TINY_ARGS], cwd=run_copy.parent)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"Resuming from {run_copy / 'checkpoints' / 'last.ckpt'}" in proc.stdout
+    # Only epoch 2 ran: the new logger version starts where the checkpoint ended.
+    assert csv_epochs(run_copy / "csv_logs" / "version_1" / "metrics.csv") == {2}
+    after = torch.load(run_copy / "checkpoints" / "last.ckpt", map_location="cpu",
+                       weights_only=False)
+    assert after["epoch"] == 2 and after["global_step"] > before["global_step"]
+    assert unet_numel(after["state_dict"]) > unet_numel(before["state_dict"])
+
+
+def test_test_mode_writes_reconstructions_of_the_trained_weights(run_copy, knee_root):
+    from fastmri.data import SliceDataset
+    from fastmri.data.transforms import UnetDataTransform
+
+    from fastmri_growth.pl_modules import DynamicUnetModule, load_module
+
+    ckpts_before = file_hashes(run_copy / "checkpoints")
+    proc = run_cli(["--mode", "test", "--data_path", knee_root, "--default_root_dir", run_copy,
+                    *TINY_ARGS], cwd=run_copy.parent)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"Testing weights from {run_copy / 'checkpoints' / 'last.ckpt'}" in proc.stdout
+    assert file_hashes(run_copy / "checkpoints") == ckpts_before
+    recon_dir = run_copy / "reconstructions"
+    test_dir = knee_root / "singlecoil_test"
+    assert sorted(p.name for p in recon_dir.glob("*.h5")) == sorted(
+        p.name for p in test_dir.glob("*.h5"))
+    assert str(recon_dir) in proc.stdout
+
+    trained = load_module(run_copy / "checkpoints" / "last.ckpt")
+    untrained = DynamicUnetModule(chans=CHANS, num_pool_layers=POOLS).eval()
+    dataset = SliceDataset(test_dir, challenge="singlecoil", transform=UnetDataTransform("singlecoil"),
+                           use_dataset_cache=False)
+    assert len(dataset) == 4
+    worst_trained, best_untrained = 0.0, np.inf
+    with torch.no_grad():
+        for sample in dataset:
+            with h5py.File(recon_dir / sample.fname, "r") as hf:
+                assert list(hf.keys()) == ["reconstruction"]
+                written = hf["reconstruction"][sample.slice_num]
+            # Compared in normalised units (fastMRI images are ~1e-4 in size).
+            written = (written - sample.mean.numpy()) / sample.std.numpy()
+            for module in (trained, untrained):
+                out = module(sample.image.unsqueeze(0))[0].numpy()
+                diff = float(np.abs(out - written).max())
+                if module is trained:
+                    worst_trained = max(worst_trained, diff)
+                else:
+                    best_untrained = min(best_untrained, diff)
+    assert worst_trained < 1e-4, worst_trained
+    assert best_untrained > 0.1, best_untrained
+
+
+def test_evaluate_and_plot_the_trained_run(trained_run, knee_root, tmp_path):
+    import json
+
+    from fastmri_growth import evaluate, plot
+
+    run_dir = trained_run[0]
+    lb, js = tmp_path / "lb", tmp_path / "lb.json"
+    code = evaluate.main(["leaderboard", "--checkpoint", str(run_dir / "checkpoints" / "last.ckpt"),
+                          "--data-path", str(knee_root / "singlecoil_val"),
+                          "--challenge", "singlecoil", "--out", str(lb), "--json", str(js)])
+    assert code == 0
+    results = json.loads(js.read_text())["results"]
+    assert set(results) == {"4x", "8x"}
+    assert all(0.0 < r["metrics"]["SSIM"]["mean"] <= 1.0 for r in results.values())
+    assert plot.main(["curves", "--log-dir", str(run_dir), "--out", str(tmp_path / "c.png")]) == 0
+    assert plot.main(["grid", "--reconstructions", str(lb / "4x"),
+                      "--data-path", str(knee_root / "singlecoil_val"), "--challenge",
+                      "singlecoil", "--out", str(tmp_path / "g.png")]) == 0
+    for png in ("c.png", "g.png"):
+        assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def _bad_h5(folder: Path, drop: str, knee_root: Path) -> None:
+    """Copy the train/val/test folders, removing dataset ``drop`` from one file."""
+    for split in ("train", "val", "test"):
+        shutil.copytree(knee_root / f"singlecoil_{split}", folder / f"singlecoil_{split}")
+    victim = sorted((folder / "singlecoil_train").glob("*.h5"))[0]
+    with h5py.File(victim, "a") as hf:
+        del hf[drop]
+
+
+def _bad_cases(tmp: Path, knee_root: Path, run_dir: Path):
+    """``(name, argv, expected message fragments)`` for each kind of bad input."""
+    empty = tmp / "empty_root"
+    for split in ("train", "val"):
+        (empty / f"singlecoil_{split}").mkdir(parents=True)
+    _bad_h5(tmp / "no_kspace", "kspace", knee_root)
+    _bad_h5(tmp / "no_header", "ismrmrd_header", knee_root)
+    fresh = tmp / "fresh_run"
+    common = ["--default_root_dir", str(run_dir), *TINY_ARGS]
+    data = ["--data_path", str(knee_root)]
+    return [
+        ("no data path", common, ["no data path", "--data_path", "fastmri-growth-synth"]),
+        ("missing data path", ["--data_path", str(tmp / "nope")] + common,
+         ["does not exist", str(tmp / "nope"), "fastmri-growth-synth"]),
+        ("no h5 files", ["--data_path", str(empty)] + common,
+         ["holds no .h5 files", str(empty / "singlecoil_train")]),
+        ("no kspace", ["--data_path", str(tmp / "no_kspace")] + common,
+         ["no 'kspace' dataset", "no_kspace"]),
+        ("no header", ["--data_path", str(tmp / "no_header")] + common,
+         ["no 'ismrmrd_header'", "no_header"]),
+        ("wrong challenge", data + common + ["--challenge", "multicoil"],
+         ["multicoil_train"]),
+        ("mask lengths", data + common + ["--center_fractions", "0.08",
+                                          "--accelerations", "4", "8"],
+         ["--center_fractions has 1", "--accelerations has 2"]),
+        ("test without checkpoint", data + ["--mode", "test", "--default_root_dir", str(fresh),
+                                            *TINY_ARGS],
+         ["--mode test", "no .ckpt", "--ckpt_path"]),
+        ("missing ckpt_path", data + common + ["--ckpt_path", str(tmp / "nope.ckpt")],
+         ["--ckpt_path", "nope.ckpt"]),
+        ("unknown growth layer", data + common + ["--layers-to-grow", "down_9"],
+         ["invalid model option", "down_9"]),
+        ("other model type", data + ["--default_root_dir", str(run_dir), "--model-type", "unet",
+                                     "--accelerator", "cpu", "--num_workers", "0"],
+         ["dynamic_unet model", "--model-type dynamic_unet"]),
+        ("bad precision", data + common + ["--precision", "17"],
+         ["invalid trainer option", "17"]),
+        ("both sample rates", data + common + ["--sample_rate", "0.5",
+                                               "--volume_sample_rate", "0.5"],
+         ["--sample_rate", "--volume_sample_rate"]),
+    ]
+
+
+def test_bad_input_one_line_exit_2_checkpoints_untouched(run_copy, knee_root, tmp_path,
+                                                         monkeypatch, capfd):
+    monkeypatch.chdir(tmp_path)  # no fastmri_dirs.yaml here
+    before = file_hashes(run_copy)
+    for name, argv, fragments in _bad_cases(tmp_path, knee_root, run_copy):
+        code = train.main(argv)
+        out, err = capfd.readouterr()
+        lines = [ln for ln in err.splitlines() if ln.strip()]
+        assert code == 2, (name, err)
+        assert len(lines) == 1, (name, err)
+        assert lines[0].startswith("fastmri-growth-train: error: "), (name, err)
+        assert "Traceback" not in err + out, name
+        for fragment in fragments:
+            assert fragment in lines[0], (name, fragment, lines[0])
+        assert file_hashes(run_copy) == before, name
+    assert not (tmp_path / "fresh_run").exists()
+    assert not (tmp_path / "fastmri_dirs.yaml").exists()
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--mask_type", "bogus"], "equispaced_fraction"),
+    (["--model-type", "vit"], "dynamic_unet"),
+    (["--use_dataset_cache_file", "maybe"], "--use_dataset_cache_file"),
+])
+def test_argparse_errors_are_one_line(argv, fragment, capsys):
+    with pytest.raises(SystemExit) as exc:
+        train.main(argv)
+    assert exc.value.code == 2
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and fragment in lines[0], lines
+
+
+def test_bad_input_in_a_real_process(trained_run, knee_root):
+    run_dir = trained_run[0]
+    before = file_hashes(run_dir / "checkpoints")
+    proc = run_cli(["--data_path", knee_root, "--default_root_dir", run_dir, *TINY_ARGS,
+                    "--center_fractions", "0.08", "--accelerations", "4", "8"], cwd=run_dir.parent)
+    assert proc.returncode == 2
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert "--center_fractions has 1" in lines[0] and "Traceback" not in proc.stderr
+    assert file_hashes(run_dir / "checkpoints") == before
