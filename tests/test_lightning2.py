@@ -44,6 +44,24 @@ VARNET_KW = dict(num_cascades=1, pools=2, chans=2, sens_pools=2, sens_chans=2)
 # ---------------------------------------------------------------------------
 
 
+@pytest.fixture(scope="module", autouse=True)
+def torch_settings():
+    """One intra-op thread; deterministic mode restored afterwards.
+
+    On a busy 2-core machine two spin-waiting intra-op threads made the
+    VarNet test 10x slower (20 s instead of 2 s). Trainer(deterministic=True)
+    switches torch's global deterministic mode on; other test modules should
+    not inherit it.
+    """
+    threads = torch.get_num_threads()
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+
+
 @pytest.fixture(scope="module")
 def knee_root(request, tmp_path_factory):
     """A fastMRI knee root: {singlecoil,multicoil}_{train,val,test,challenge}."""
@@ -569,6 +587,7 @@ def test_ddp_two_processes_match_single_process(knee_root, tmp_path):
     out = tmp_path / "ddp"
     out.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_PORT")}
+    env["OMP_NUM_THREADS"] = "1"
     proc = subprocess.run(
         [sys.executable, str(script), str(knee_root), str(weights), str(out)],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
