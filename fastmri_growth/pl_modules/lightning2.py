@@ -103,8 +103,9 @@ class Lightning2MriMixin:
       then free them.
     """
 
-    # Lightning 2 rejects a model on which these are callable; None shadows
-    # MriModule's methods, which are still called explicitly below.
+    # Lightning 2 rejects a model on which the *_epoch_end hooks are callable
+    # and never calls validation_step_end. None shadows MriModule's methods,
+    # which the hooks below call explicitly.
     validation_step_end = None
     validation_epoch_end = None
     test_epoch_end = None
