@@ -280,6 +280,7 @@ def test_fastmri_test_suite_passes_on_lightning2(patched_tree, tmp_path):
     origin_file = tmp_path / "origin.json"
     env = _env(patched_tree, plugin_dir)
     env["FASTMRI_ORIGIN_FILE"] = str(origin_file)
+    env.pop("PYTEST_ADDOPTS", None)  # the counts below are of the whole suite
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "tests", "-q", "-p", "no:cacheprovider",
          "-p", "fastmri_origin_probe", "--rootdir", str(patched_tree)],
@@ -317,8 +318,9 @@ def test_unet_demo_trains_on_two_ddp_processes_then_tests_the_checkpoint(
     assert train.returncode == 0, _tail(train)
     train_slices = sum(_num_slices(synthetic_root / "knee/singlecoil_train").values())
     assert train_slices % 2 == 0
-    # at batch size 1 each of the 2 processes trains on half the slices;
-    # before the patch every process walked all of them (step=train_slices)
+    # at batch size 1 each of the 2 processes trains on half the slices; with
+    # the demo's old sampler condition (--accelerator in ddp, ddp_cpu) every
+    # process walked all of them (step=train_slices)
     assert _checkpoints(root) == [f"epoch=0-step={train_slices // 2}.ckpt"]
     assert not (tmp_path / "a" / "b" / "dataset_cache.pkl").exists()
 
