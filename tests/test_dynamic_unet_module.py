@@ -254,12 +254,6 @@ def test_growth_happens_at_scheduled_epochs_only(knee, tmp_path, kind, capsys):
         assert f"[epoch {epoch}]" not in out
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="DynamicUnetModule.grow logs growth/* with on_step=True, on_epoch=False, so "
-    "Trainer(log_every_n_steps=50) (the CLI default) drops them unless the growth step is a "
-    "multiple of 50",
-)
 def test_growth_metrics_reach_logger_with_default_log_every_n_steps(knee, tmp_path):
     """Growth events are rare: they must not be dropped by log_every_n_steps (default 50)."""
     module = DynamicUnetModule(**SMALL)

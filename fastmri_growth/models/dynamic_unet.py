@@ -410,7 +410,9 @@ def architecture_from_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict
         ValueError: If the tensors are not those of a valid U-Net, naming the
             first inconsistent key.
     """
-    sd = {k[len("unet."):] if k.startswith("unet.") else k: v for k, v in state_dict.items()}
+    # Error messages name keys as the caller spelled them (with any prefix).
+    pre = "unet." if any(k.startswith("unet.") for k in state_dict) else ""
+    sd = {k[len(pre):]: v for k, v in state_dict.items() if k.startswith(pre)}
     pools = sorted(int(m.group(1)) for k in sd if (m := _DOWN_KEY.match(k)))
     if not pools or pools != list(range(len(pools))):
         raise ValueError(
@@ -420,14 +422,15 @@ def architecture_from_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict
         )
     P = len(pools)
 
-    def shape(key, ndim):
+    def shape(key, ndim, kernel=None):
         if key not in sd:
-            raise ValueError(f"state dict matches no valid DynamicUnet: missing key {key!r}")
+            raise ValueError(f"state dict matches no valid DynamicUnet: missing key {pre + key!r}")
         s = tuple(sd[key].shape)
-        if len(s) != ndim:
+        if len(s) != ndim or (kernel is not None and s[2:] != (kernel, kernel)):
+            want = f"a {kernel}x{kernel} kernel" if kernel else f"{ndim} dimensions"
             raise ValueError(
-                f"state dict matches no valid DynamicUnet: {key!r} has shape {s}, "
-                f"expected {ndim} dimensions"
+                f"state dict matches no valid DynamicUnet: {pre + key!r} has shape {s}, "
+                f"expected {want}"
             )
         return s
 
@@ -442,23 +445,23 @@ def architecture_from_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict
     widths, in_of = {}, {}
     for lid in layer_ids(P):
         p = block_prefix(lid)
-        s1 = shape(f"{p}.layers.0.weight", 4)
-        s2 = shape(f"{p}.layers.4.weight", 4)
+        s1 = shape(f"{p}.layers.0.weight", 4, kernel=3)
+        s2 = shape(f"{p}.layers.4.weight", 4, kernel=3)
         if s2[1] != s1[0]:
             raise ValueError(
-                f"state dict matches no valid DynamicUnet: {p}.layers.4.weight has "
-                f"{s2[1]} input channels but {p}.layers.0.weight has {s1[0]} outputs"
+                f"state dict matches no valid DynamicUnet: {pre}{p}.layers.4.weight has "
+                f"{s2[1]} input channels but {pre}{p}.layers.0.weight has {s1[0]} outputs"
             )
         widths[lid] = {"conv1_out": s1[0], "conv2_out": s2[0]}
         in_of[lid] = (f"{p}.layers.0.weight", s1[1])
     tws = []
     for j in range(P):
         key = f"up_transpose_conv.{j}.layers.0.weight"
-        s = shape(key, 4)
+        s = shape(key, 4, kernel=2)
         src = widths["bottleneck" if j == 0 else f"up_{j - 1}"]["conv2_out"]
         if s[0] != src:
             raise ValueError(
-                f"state dict matches no valid DynamicUnet: {key!r} has {s[0]} input "
+                f"state dict matches no valid DynamicUnet: {pre + key!r} has {s[0]} input "
                 f"channels, expected {src}"
             )
         tws.append(s[1])
@@ -473,14 +476,20 @@ def architecture_from_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict
         key, got = in_of[lid]
         if got != want:
             raise ValueError(
-                f"state dict matches no valid DynamicUnet: {key!r} has {got} input "
+                f"state dict matches no valid DynamicUnet: {pre + key!r} has {got} input "
                 f"channels, expected {want}"
             )
     fk = f"up_conv.{P - 1}.1.weight"
-    fs = shape(fk, 4)
+    fs = shape(fk, 4, kernel=1)
+    bk = f"up_conv.{P - 1}.1.bias"
+    if bk not in sd or tuple(sd[bk].shape) != (fs[0],):
+        got = tuple(sd[bk].shape) if bk in sd else "missing"
+        raise ValueError(
+            f"state dict matches no valid DynamicUnet: {pre + bk!r} is {got}, expected shape ({fs[0]},)"
+        )
     if fs[1] != widths[f"up_{P - 1}"]["conv2_out"]:
         raise ValueError(
-            f"state dict matches no valid DynamicUnet: {fk!r} has {fs[1]} input channels, "
+            f"state dict matches no valid DynamicUnet: {pre + fk!r} has {fs[1]} input channels, "
             f"expected {widths[f'up_{P - 1}']['conv2_out']}"
         )
     return {"in_chans": in_chans, "out_chans": fs[0], "num_pool_layers": P,

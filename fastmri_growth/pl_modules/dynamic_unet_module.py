@@ -228,21 +228,27 @@ class DynamicUnetModule(UnetModule):
             return reports
         self._after_growth(changes)
         total_seconds = sum(r.seconds for r in reports)
-        for r in reports:
-            self.print(f"[epoch {epoch}] {r}")
-            r.changes = []  # drop references to the old parameters
-        self.growth_reports.extend(reports)
-        self.print(
+        lines = [f"[epoch {epoch}] {r}" for r in reports]
+        lines.append(
             f"[epoch {epoch}] network: {reports[-1].params_after:,} parameters "
             f"(+{reports[-1].params_after - reports[0].params_before:,}), growth took "
             f"{total_seconds:.2f} s"
         )
-        self.log_dict({
-            "growth/events": float(self.schedule.events),
-            "growth/filters_added": float(sum(r.n_added for r in reports)),
-            "growth/seconds": float(total_seconds),
-            "growth/params": float(reports[-1].params_after),
-        }, on_step=True, on_epoch=False)
+        for r in reports:
+            r.changes = []  # drop references to the old parameters
+        self.growth_reports.extend(reports)
+        attached = self._trainer is not None
+        for line in lines:
+            self.print(line) if attached else print(line)
+        if attached:
+            # Epoch-level: step-level values would only reach the logger on
+            # steps that are multiples of log_every_n_steps.
+            self.log_dict({
+                "growth/events": float(self.schedule.events),
+                "growth/filters_added": float(sum(r.n_added for r in reports)),
+                "growth/seconds": float(total_seconds),
+                "growth/params": float(reports[-1].params_after),
+            }, on_step=False, on_epoch=True)
         return reports
 
     def _after_growth(self, changes) -> None:
