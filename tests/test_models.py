@@ -608,6 +608,33 @@ def test_architecture_rejects_missing_key(key):
         architecture_from_state_dict(sd)
 
 
+@pytest.mark.parametrize("key,shape,fragment", [
+    ("conv.layers.4.weight", (16, 16, 5, 5), "3x3"),
+    ("down_sample_layers.0.layers.0.weight", (2, 2, 1, 1), "3x3"),
+    ("up_transpose_conv.1.layers.0.weight", (8, 4, 3, 3), "2x2"),
+    ("up_conv.2.1.weight", (2, 2, 3, 3), "1x1"),
+    ("up_conv.2.1.bias", (3,), "(2,)"),
+    ("up_conv.1.layers.0.weight", (4, 8, 3), "(4, 8, 3)"),
+])
+@pytest.mark.parametrize("prefix", ["", "unet."])
+def test_architecture_rejects_wrong_kernel_or_bias_naming_the_key(key, shape, fragment, prefix):
+    sd = {prefix + k: v for k, v in make_model(chans=2, num_pool_layers=3).state_dict().items()}
+    sd[prefix + key] = torch.zeros(shape, dtype=F64)
+    with pytest.raises(ValueError) as info:
+        architecture_from_state_dict(sd)
+    assert repr(prefix + key) in str(info.value) and fragment in str(info.value), str(info.value)
+
+
+def test_architecture_errors_name_prefixed_keys():
+    sd = {f"unet.{k}": v for k, v in make_model(chans=2, num_pool_layers=3).state_dict().items()}
+    bad = _corrupt_in_channels(sd, "unet.conv.layers.0.weight")
+    with pytest.raises(ValueError, match=re.escape("'unet.conv.layers.0.weight'")):
+        architecture_from_state_dict(bad)
+    del sd["unet.up_conv.2.1.weight"]
+    with pytest.raises(ValueError, match=re.escape("'unet.up_conv.2.1.weight'")):
+        DynamicUnet.from_state_dict(sd)
+
+
 def test_from_state_dict_rejects_missing_bias_with_value_error():
     sd = dict(make_model(chans=2, num_pool_layers=3).state_dict())
     del sd["up_conv.2.1.bias"]
