@@ -164,6 +164,9 @@ class DynamicUnet(nn.Module):
             num_pool_layers=spec["num_pool_layers"], drop_prob=drop_prob,
             widths=spec["widths"], transpose_widths=spec["transpose_widths"], **kwargs,
         )
+        first = next(iter(sd.values()), None)
+        if torch.is_tensor(first) and first.is_floating_point():
+            model = model.to(first.dtype)
         model.load_state_dict(sd, strict=True)
         return model
 
@@ -369,7 +372,7 @@ def default_widths(chans: int, num_pool_layers: int) -> Widths:
 
 
 def _check_conv_idx(conv_idx) -> None:
-    if conv_idx not in (0, 1) or isinstance(conv_idx, bool):
+    if type(conv_idx) is not int or conv_idx not in (0, 1):
         raise ValueError(f"conv_idx must be 0 (first conv) or 1 (second conv), got {conv_idx!r}")
 
 
@@ -414,13 +417,19 @@ def architecture_from_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict
     pre = "unet." if any(k.startswith("unet.") for k in state_dict) else ""
     sd = {k[len(pre):]: v for k, v in state_dict.items() if k.startswith(pre)}
     pools = sorted(int(m.group(1)) for k in sd if (m := _DOWN_KEY.match(k)))
-    if not pools or pools != list(range(len(pools))):
+    ups = {int(k.split(".")[1]) for k in sd if k.startswith("up_transpose_conv.")}
+    P = max(pools + [u + 1 for u in ups], default=0)
+    if P == 0:
         raise ValueError(
-            "state dict matches no valid DynamicUnet: expected keys "
-            "'down_sample_layers.<i>.layers.0.weight' for i = 0..P-1, found "
-            f"{pools or 'none'}"
+            "state dict matches no valid DynamicUnet: no "
+            f"'{pre}down_sample_layers.<i>.layers.0.weight' keys"
         )
-    P = len(pools)
+    missing = [f"{pre}down_sample_layers.{i}.layers.0.weight" for i in range(P) if i not in pools]
+    if missing:
+        raise ValueError(
+            f"state dict matches no valid DynamicUnet: missing key(s) {', '.join(missing)} "
+            f"(the other keys describe a U-Net with {P} pools)"
+        )
 
     def shape(key, ndim, kernel=None):
         if key not in sd:

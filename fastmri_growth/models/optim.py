@@ -25,7 +25,7 @@ def _pad(value: torch.Tensor, change: ParamChange, key: str) -> torch.Tensor:
     shape = list(value.shape)
     shape[change.dim] = change.count
     if key in SECOND_MOMENT_KEYS and value.numel() > 0:
-        fill = value.new_full(shape, float(value.float().mean()))
+        fill = value.new_full(shape, float(value.mean(dtype=torch.float64)))
     else:
         fill = value.new_zeros(shape)
     return torch.cat([value, fill], dim=change.dim)
