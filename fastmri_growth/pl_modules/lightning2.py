@@ -61,6 +61,11 @@ LEGACY_HOOKS = (
     "test_epoch_end",
 )
 
+# A fastMRI tree with the Lightning 2 port applied (patches/0001) defines the
+# Lightning 2 hooks itself and no longer has the 1.x methods the mixin calls;
+# the mixin then leaves every hook to MriModule.
+FASTMRI_PORTED = "on_validation_epoch_end" in vars(MriModule)
+
 # MriModule logs values that DistributedMetricSum has already summed over all
 # processes, so every rank logs the same number and sync_dist would only add a
 # redundant all-reduce. Lightning 2 still suggests sync_dist for any
@@ -181,6 +186,8 @@ class Lightning2MriMixin:
             dataloader_idx: Index of the loader.
         """
         super().on_validation_batch_end(outputs, batch, batch_idx, dataloader_idx)
+        if FASTMRI_PORTED:
+            return
         if not isinstance(outputs, Mapping):
             raise RuntimeError(
                 f"{type(self).__name__}.validation_step returned {type(outputs).__name__}; "
@@ -198,6 +205,8 @@ class Lightning2MriMixin:
     def on_validation_epoch_end(self) -> None:
         """Aggregates per volume, reduces across processes, logs, frees."""
         super().on_validation_epoch_end()
+        if FASTMRI_PORTED:
+            return
         val_logs = self._take_collected("validation")
         if val_logs:
             MriModule.validation_epoch_end(self, val_logs)
@@ -235,6 +244,8 @@ class Lightning2MriMixin:
             dataloader_idx: Index of the loader.
         """
         super().on_test_batch_end(outputs, batch, batch_idx, dataloader_idx)
+        if FASTMRI_PORTED:
+            return
         if not isinstance(outputs, Mapping) or not {"fname", "slice", "output"} <= set(outputs):
             raise RuntimeError(
                 f"{type(self).__name__}.test_step must return a dict with keys "
@@ -249,6 +260,8 @@ class Lightning2MriMixin:
     def on_test_epoch_end(self) -> None:
         """Writes one ``reconstruction`` file per volume, then frees the outputs."""
         super().on_test_epoch_end()
+        if FASTMRI_PORTED:
+            return
         test_logs = self._take_collected("test")
         if test_logs:
             MriModule.test_epoch_end(self, test_logs)
