@@ -33,8 +33,8 @@ CHALLENGE = "singlecoil"
 DATA_SPEC = {
     "challenges": ["knee_singlecoil"],
     "splits": ["train", "val", "test"],
-    "num_volumes": {"train": 4, "val": 2, "test": 2},
-    "num_slices": 6,
+    "num_volumes": {"train": 3, "val": 2, "test": 2},
+    "num_slices": 4,
     "recon_size": 128,
     "seed": 0,
 }
@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--out", type=Path, default=Path("demo_output"),
                         help="folder for the data and the runs")
-    parser.add_argument("--max-epochs", type=int, default=8, help="training epochs")
+    parser.add_argument("--max-epochs", type=int, default=6, help="training epochs")
     parser.add_argument("--chans", type=int, default=8, help="starting width of the U-Net")
     parser.add_argument("--num-pool-layers", type=int, default=3, help="U-Net depth")
     parser.add_argument("--growth-interval", type=int, default=2,

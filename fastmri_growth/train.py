@@ -53,6 +53,15 @@ class UsageError(Exception):
     """Bad command-line input; :func:`main` prints it as one line and exits 2."""
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except ``None`` (those flags explain their fallback)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None:
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
 class _OneLineParser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are one line on stderr (exit status 2)."""
 
@@ -168,7 +177,7 @@ def _add_run_args(parser: argparse.ArgumentParser, model_type: str) -> None:
         default=None,
         type=Path,
         help=(
-            "Checkpoint to resume from (train) or to test (test); None: the "
+            "Checkpoint to resume from (train) or to test (test); default: the "
             "newest .ckpt in DEFAULT_ROOT_DIR/checkpoints"
         ),
     )
@@ -224,7 +233,7 @@ def _add_trainer_args(parser: argparse.ArgumentParser) -> None:
         default=None,
         type=Path,
         help=(
-            "Folder for checkpoints, logs and reconstructions; None: "
+            "Folder for checkpoints, logs and reconstructions; default: "
             f"LOG_PATH/MODEL_TYPE/MODEL_TYPE_demo, LOG_PATH being log_path from "
             f"./{DIRS_CONFIG}, else ."
         ),
@@ -304,7 +313,7 @@ def build_parser(model_type: str = DEFAULT_MODEL_TYPE) -> argparse.ArgumentParse
             f"No data? {SYNTH_HINT}."
         ),
         parents=[base],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     return parser
 
@@ -601,7 +610,10 @@ def resolve_checkpoint(args: argparse.Namespace) -> Optional[Path]:
             )
         return None
     stored = _checkpoint_model_type(ckpt)
-    if args.mode == "train" and stored is not None and stored != args.model_type:
+    if args.mode == "test" and stored is not None:
+        # Test mode rebuilds whatever the checkpoint holds.
+        args.model_type = stored
+    elif stored is not None and stored != args.model_type:
         raise UsageError(
             f"checkpoint {ckpt} holds a {stored} model but --model-type is {args.model_type}; "
             f"pass --model-type {stored} to resume it, or a new --default_root_dir"
@@ -664,6 +676,39 @@ def uses_distributed_sampler(trainer) -> bool:
     )
 
 
+def checkpoint_callbacks(checkpoint_dir: Path) -> list:
+    """fastMRI's checkpointing: the best epoch by ``validation_loss``, plus ``last.ckpt``.
+
+    Two callbacks, because Lightning 2.6's ``save_last=True`` rewrites
+    ``last.ckpt`` only in epochs that also produced a new top-k checkpoint:
+    an epoch that is not the best (often the one right after growth) would
+    be missing from it, and resuming would repeat epochs. The second
+    callback has no monitor and rewrites ``last.ckpt`` after every epoch.
+
+    Args:
+        checkpoint_dir: Folder for both (``DEFAULT_ROOT_DIR/checkpoints``).
+    """
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    best = ModelCheckpoint(
+        dirpath=checkpoint_dir,
+        save_top_k=1,
+        verbose=True,
+        monitor="validation_loss",
+        mode="min",
+    )
+    last = ModelCheckpoint(
+        dirpath=checkpoint_dir,
+        filename="last",
+        save_top_k=1,
+        monitor=None,
+        # Overwrite last.ckpt in place, also after a run folder was moved
+        # (Lightning then forgets the old paths and would write last-v1.ckpt).
+        enable_version_counter=False,
+    )
+    return [best, last]
+
+
 def build_trainer(args: argparse.Namespace):
     """The Lightning trainer: checkpoints, TensorBoard + CSV loggers, progress bar.
 
@@ -672,7 +717,7 @@ def build_trainer(args: argparse.Namespace):
     """
     import pytorch_lightning as pl
     from lightning_fabric.utilities.exceptions import MisconfigurationException
-    from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
+    from pytorch_lightning.callbacks import TQDMProgressBar
     from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
     root = Path(args.default_root_dir)
@@ -680,20 +725,7 @@ def build_trainer(args: argparse.Namespace):
     if args.enable_progress_bar:
         callbacks.append(TQDMProgressBar())
     if args.mode == "train":
-        callbacks.append(
-            ModelCheckpoint(
-                dirpath=root / "checkpoints",
-                save_top_k=1,
-                save_last=True,
-                verbose=True,
-                monitor="validation_loss",
-                mode="min",
-                # last.ckpt is always the latest state, also after a run folder
-                # was moved: Lightning then forgets the old paths and would
-                # otherwise write last-v1.ckpt next to a stale last.ckpt.
-                enable_version_counter=False,
-            )
-        )
+        callbacks.extend(checkpoint_callbacks(root / "checkpoints"))
     loggers = [
         TensorBoardLogger(save_dir=str(root), name="lightning_logs"),
         CSVLogger(save_dir=str(root), name="csv_logs"),

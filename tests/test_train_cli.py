@@ -181,6 +181,41 @@ def test_newest_checkpoint_by_mtime_ties_to_last(tmp_path):
     assert train.newest_checkpoint(tmp_path) == last
 
 
+def test_last_ckpt_is_every_epoch_and_best_is_the_best(tmp_path):
+    import pytorch_lightning as pl
+    from torch.utils.data import DataLoader, TensorDataset
+
+    class WorseEachEpoch(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def training_step(self, batch, batch_idx):
+            return (self.w - 1.0).pow(2).sum()
+
+        def validation_step(self, batch, batch_idx):
+            self.log("validation_loss", float(self.current_epoch))
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+        def train_dataloader(self):
+            return DataLoader(TensorDataset(torch.zeros(2, 1)), batch_size=1)
+
+        val_dataloader = train_dataloader
+
+    ckpt_dir = tmp_path / "checkpoints"
+    trainer = pl.Trainer(
+        default_root_dir=tmp_path, max_epochs=3, accelerator="cpu", devices=1, logger=False,
+        callbacks=train.checkpoint_callbacks(ckpt_dir), enable_progress_bar=False,
+        enable_model_summary=False, num_sanity_val_steps=0,
+    )
+    trainer.fit(WorseEachEpoch())
+    assert sorted(p.name for p in ckpt_dir.iterdir()) == ["epoch=0-step=2.ckpt", "last.ckpt"]
+    assert torch.load(ckpt_dir / "last.ckpt", weights_only=False)["epoch"] == 2
+    assert train.newest_checkpoint(ckpt_dir) == ckpt_dir / "last.ckpt"
+
+
 def test_distributed_sampler_follows_strategy_and_devices(tmp_path, knee_root):
     base = ["--data_path", str(knee_root), "--default_root_dir", str(tmp_path),
             "--accelerator", "cpu", "--num_workers", "0"]
