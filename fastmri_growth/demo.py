@@ -113,9 +113,14 @@ def ensure_data(data_root: Path) -> Path:
     return knee
 
 
-def new_run_dir(out: Path) -> Path:
-    """A run folder that does not exist yet: ``out/run_<timestamp>[_<n>]``."""
-    stamp = time.strftime("%Y%m%d-%H%M%S")
+def new_run_dir(out: Path, stamp: Optional[str] = None) -> Path:
+    """A run folder that does not exist yet: ``out/run_<stamp>[_<n>]``.
+
+    Args:
+        out: The demo output folder.
+        stamp: Defaults to the current local time, ``YYYYmmdd-HHMMSS``.
+    """
+    stamp = time.strftime("%Y%m%d-%H%M%S") if stamp is None else stamp
     run_dir = out / f"run_{stamp}"
     n = 1
     while run_dir.exists():

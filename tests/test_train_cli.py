@@ -464,3 +464,70 @@ def test_bad_input_in_a_real_process(trained_run, knee_root):
     assert len(lines) == 1, proc.stderr
     assert "--center_fractions has 1" in lines[0] and "Traceback" not in proc.stderr
     assert file_hashes(run_dir / "checkpoints") == before
+
+
+# -------------------------------------------------------------------- demo
+
+
+TINY_DEMO_SPEC = {
+    "challenges": ["knee_singlecoil"],
+    "splits": ["train", "val", "test"],
+    "num_volumes": {"train": 2, "val": 2, "test": 1},
+    "num_slices": 2,
+    "recon_size": 64,
+    "seed": 0,
+}
+
+
+def test_demo_end_to_end_and_rerun(tmp_path, monkeypatch, capsys):
+    """``make demo`` at toy size: all five steps, then a re-run beside the first."""
+    from fastmri_growth import demo
+
+    monkeypatch.setattr(demo, "DATA_SPEC", TINY_DEMO_SPEC)
+    monkeypatch.chdir(tmp_path)
+    argv = ["--out", "out", "--max-epochs", "2", "--chans", "4", "--num-pool-layers", "2",
+            "--growth-interval", "1", "--n-new", "1"]
+    assert demo.main(argv) == 0
+    out = capsys.readouterr().out
+    runs = sorted((tmp_path / "out").glob("run_*"))
+    assert len(runs) == 1
+    run = runs[0]
+    summary = __import__("json").loads((run / "summary.json").read_text())
+    assert summary["growth_epochs"] == [1]
+    assert summary["final_params"] > unet_numel(
+        __import__("fastmri_growth.pl_modules", fromlist=["x"]).DynamicUnetModule(
+            chans=4, num_pool_layers=2).state_dict())
+    assert set(summary["leaderboard_ssim"]) == {"4x", "8x"}
+    assert len(list((run / "reconstructions").glob("*.h5"))) == 1
+    for sub in ("leaderboard/4x", "leaderboard/8x"):
+        assert len(list((run / sub).glob("*.h5"))) == 2
+    for png in summary["plots"]:
+        assert Path(png).read_bytes()[:4] == b"\x89PNG"
+    assert str(run) in out and "summary" in out
+    data_files = file_hashes(tmp_path / "out" / "data")
+
+    # A second run reuses the data and leaves the first run alone.
+    first_run = file_hashes(run)
+    assert demo.main(argv) == 0
+    assert "reusing the synthetic data" in capsys.readouterr().out
+    assert file_hashes(tmp_path / "out" / "data") == data_files
+    assert file_hashes(run) == first_run
+    assert len(list((tmp_path / "out").glob("run_*"))) == 2
+    # Two runs within the same second get distinct folders.
+    assert demo.new_run_dir(tmp_path / "out", run.name[len("run_"):]).name == run.name + "_1"
+
+
+def test_demo_refuses_foreign_data(tmp_path, monkeypatch, capsys):
+    from fastmri_growth import demo
+
+    monkeypatch.setattr(demo, "DATA_SPEC", TINY_DEMO_SPEC)
+    data = tmp_path / "data"
+    (data / "knee" / "singlecoil_train").mkdir(parents=True)
+    (data / "knee" / "singlecoil_train" / "mine.h5").write_bytes(b"precious")
+    with pytest.raises(demo.DemoError, match="not a complete demo data set"):
+        demo.ensure_data(data)
+    assert (data / "knee" / "singlecoil_train" / "mine.h5").read_bytes() == b"precious"
+    code = demo.main(["--out", str(tmp_path)])
+    assert code == 1
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and "not a complete demo data set" in err[0]
