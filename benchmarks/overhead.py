@@ -52,7 +52,7 @@ def compare(a, b, x, y, repeats: int, device, names=("a", "b")) -> dict:
     }
 
 
-def run(configs: Sequence[tuple] = None, repeats: int = 20, quick: bool = False,
+def run(configs: Sequence[tuple] = None, repeats: int = 30, quick: bool = False,
         device: str = "cpu", grow_events: int = 2, grow_n_new: int = 4) -> dict:
     """Measure both overhead ratios for each configuration.
 

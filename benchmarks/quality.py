@@ -37,8 +37,8 @@ import torch
 
 from . import training
 
-FULL = {"data": {"train": 10, "val": 3, "num_slices": 4, "recon_size": 64},
-        "seeds": (0, 1, 2), "max_epochs": 10, "chans": 8, "num_pool_layers": 3,
+FULL = {"data": {"train": 12, "val": 4, "num_slices": 4, "recon_size": 64},
+        "seeds": (0, 1, 2, 3, 4), "max_epochs": 12, "chans": 8, "num_pool_layers": 3,
         "n_candidates": 10}
 QUICK = {"data": {"train": 3, "val": 2, "num_slices": 4, "recon_size": 64},
          "seeds": (0, 1), "max_epochs": 4, "chans": 8, "num_pool_layers": 3, "n_candidates": 10}
@@ -139,12 +139,13 @@ def aggregate(runs: List[dict]) -> dict:
         for name in names:
             if name == ref:
                 continue
-            for acc in ("4x", "8x"):
-                diffs = [by_seed[r["seed"]]["metrics"][acc]["SSIM"] - r["metrics"][acc]["SSIM"]
-                         for r in runs if r["config"] == name and r["seed"] in by_seed]
-                if diffs:
-                    paired[f"{ref} - {name} SSIM {acc}"] = _mean_std(diffs)
-    return {"per_config": out, "paired_ssim_differences": paired}
+            for metric in ("SSIM", "PSNR"):
+                for acc in ("4x", "8x"):
+                    diffs = [by_seed[r["seed"]]["metrics"][acc][metric] - r["metrics"][acc][metric]
+                             for r in runs if r["config"] == name and r["seed"] in by_seed]
+                    if diffs:
+                        paired[f"{ref} - {name}: {metric} {acc}"] = _mean_std(diffs)
+    return {"per_config": out, "paired_differences": paired}
 
 
 def plot(res: dict, path: Path) -> Path:
@@ -154,7 +155,8 @@ def plot(res: dict, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    agg = res["aggregate"]["per_config"]
+    agg = aggregate(res["runs"])["per_config"]
+    zf = res.get("zero_filled")
     markers = dict(zip(CONFIGS, ["o", "s", "^", "D", "v", "P"]))
     fig, axes = plt.subplots(2, 2, figsize=(9, 6.5), sharey="row")
     for row, acc in enumerate(("4x", "8x")):
@@ -166,6 +168,8 @@ def plot(res: dict, path: Path) -> Path:
                 ax.errorbar(a[key]["mean"] / scale, ssim["mean"], yerr=ssim["std"],
                             xerr=a[key]["std"] / scale, marker=markers[name], capsize=3,
                             linestyle="none", label=LABELS[name])
+            if zf:
+                ax.axhline(zf[acc]["SSIM"], color="gray", linestyle=":", label="zero-filled input")
             ax.set_xlabel(xlabel)
             ax.grid(alpha=0.3)
             if col == 0:
@@ -218,7 +222,9 @@ def run(workdir: Path, quick: bool = False, cfg: Optional[dict] = None,
             log(f"[quality] seed {seed} {name}: SSIM 4x {r['metrics']['4x']['SSIM']:.4f} "
                 f"8x {r['metrics']['8x']['SSIM']:.4f}, {r['params']:,} params, "
                 f"{r['train_seconds']:.0f} s ({time.perf_counter() - start:.0f} s elapsed)")
+    zero_filled = _evaluate(torch.nn.Identity(), knee, workdir / "recons" / "zero_filled")
     res = {"benchmark": "quality", "config": {**cfg, "seeds": list(cfg["seeds"])},
+           "zero_filled": zero_filled,
            "growth": training.GROWTH, "configs": {n: CONFIGS[n] for n in names},
            "large_widths": large_widths, "runs": runs, "aggregate": aggregate(runs),
            "wall_seconds": time.perf_counter() - start}
@@ -236,7 +242,8 @@ def table(res: dict) -> str:
         f"{d['recon_size']}x{d['recon_size']}; U-Net {cfg['num_pool_layers']} pools, start chans "
         f"{cfg['chans']}; {cfg['max_epochs']} epochs, batch 1, RMSprop lr 1e-3; growth: "
         f"{', '.join(g['layers_to_grow'])} (both convs), +{g['n_new']} filters every "
-        f"{g['growth_interval']} epochs from epoch {g['growth_start_epoch']}; seeds "
+        f"{g['growth_interval']} epochs from epoch {g['growth_start_epoch']} (at most "
+        f"{g.get('max_growth_steps')} events); seeds "
         f"{', '.join(map(str, cfg['seeds']))}. Mean +/- std over seeds.", "",
         "| configuration | params | SSIM 4x | PSNR 4x | NMSE 4x | SSIM 8x | PSNR 8x | NMSE 8x | "
         "last-epoch train L1 | train GFLOPs | train s |",
@@ -246,18 +253,35 @@ def table(res: dict) -> str:
     def ms(a, fmt):
         return f"{a['mean']:{fmt}} +/- {a['std']:{fmt}}"
 
-    for name, a in res["aggregate"]["per_config"].items():
+    aggregated = aggregate(res["runs"])
+    for name, a in aggregated["per_config"].items():
         lines.append(
             f"| {LABELS[name]} | {a['params']['mean']:,.0f} | {ms(a['SSIM_4x'], '.4f')} | "
             f"{ms(a['PSNR_4x'], '.2f')} | {ms(a['NMSE_4x'], '.4f')} | {ms(a['SSIM_8x'], '.4f')} | "
             f"{ms(a['PSNR_8x'], '.2f')} | {ms(a['NMSE_8x'], '.4f')} | "
             f"{ms(a['final_train_loss'], '.4f')} | {a['total_flops']['mean'] / 1e9:,.1f} | {ms(a['train_seconds'], '.0f')} |")
-    paired = res["aggregate"]["paired_ssim_differences"]
+    zf = res.get("zero_filled")
+    if zf:
+        lines.append(f"| zero-filled input (no network) | 0 | {zf['4x']['SSIM']:.4f} | "
+                     f"{zf['4x']['PSNR']:.2f} | {zf['4x']['NMSE']:.4f} | {zf['8x']['SSIM']:.4f} | "
+                     f"{zf['8x']['PSNR']:.2f} | {zf['8x']['NMSE']:.4f} | | | |")
+    paired = aggregated["paired_differences"]
     if paired:
-        lines += ["", "Paired SSIM differences (same seed: same data order, masks and, for the "
-                  "grown and small runs, the same initial network):", "",
+        lines += ["", "Paired differences over seeds (same seed: same data order, masks and, for "
+                  "the grown and small runs, the same initial network; positive = "
+                  "sample_select better):", "",
                   "| difference | mean +/- std | min | max |", "|---|---|---|---|"]
         for k, v in paired.items():
             lines.append(f"| {k} | {v['mean']:+.4f} +/- {v['std']:.4f} | {v['min']:+.4f} | "
                          f"{v['max']:+.4f} |")
+    lines += ["", "Per-seed SSIM 4x / 8x:", "",
+              "| configuration | " + " | ".join(f"seed {sd}" for sd in cfg["seeds"]) + " |",
+              "|---|" + "---|" * len(cfg["seeds"])]
+    for name in aggregated["per_config"]:
+        cells = []
+        for sd in cfg["seeds"]:
+            r = next((r for r in res["runs"] if r["config"] == name and r["seed"] == sd), None)
+            cells.append("-" if r is None else
+                         f"{r['metrics']['4x']['SSIM']:.3f} / {r['metrics']['8x']['SSIM']:.3f}")
+        lines.append(f"| {LABELS[name]} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -27,9 +27,10 @@ import torch
 FULL_DATA = {"train": 6, "val": 1, "num_slices": 4, "recon_size": 64}
 QUICK_DATA = {"train": 2, "val": 1, "num_slices": 4, "recon_size": 64}
 #: Growth recipe shared by benchmarks 3 and 4: 4 high-resolution blocks
-#: (both convs), 4 filters each per event, every 2 epochs from epoch 2.
+#: (both convs), 4 filters each per event, every 2 epochs from epoch 2, at
+#: most 4 events.
 GROWTH = {"layers_to_grow": ["down_0", "down_1", "up_1", "up_2"], "n_new": 4,
-          "growth_interval": 2, "growth_start_epoch": 2}
+          "growth_interval": 2, "growth_start_epoch": 2, "max_growth_steps": 4}
 
 
 def quiet_lightning() -> None:
@@ -258,7 +259,8 @@ def table(res: dict) -> str:
              f"{d['train']} training volumes x {d['num_slices']} slices, {d['recon_size']}x"
              f"{d['recon_size']}, batch 1; growth: {', '.join(g['layers_to_grow'])} (both convs), "
              f"+{g['n_new']} filters every {g['growth_interval']} epochs from epoch "
-             f"{g['growth_start_epoch']}; medians of {res['repeats']} alternated runs per side.", "",
+             f"{g['growth_start_epoch']} (at most {g.get('max_growth_steps')} events); medians of "
+             f"{res['repeats']} alternated runs per side.", "",
              "| epoch | grew | params (growing) | s/epoch growing | s/epoch fixed | ratio | "
              "growth step (s) | growth step / epoch |",
              "|---|---|---|---|---|---|---|---|"]

@@ -96,9 +96,11 @@ def test_training_and_quality_structure(tmp_path):
     assert png.is_file() and png.read_bytes()[:4] == b"\x89PNG"
     agg = q["aggregate"]
     assert set(agg["per_config"]) == {"grown_sample_select", "fixed_small", "fixed_large"}
-    assert "grown_sample_select - fixed_small SSIM 8x" in agg["paired_ssim_differences"]
+    assert "grown_sample_select - fixed_small: PSNR 8x" in agg["paired_differences"]
+    assert set(q["zero_filled"]) == {"4x", "8x"}
     json.dumps(q)  # JSON-serialisable as run_all writes it
-    assert "| fixed large (grown widths) |" in quality.table(q)
+    text = quality.table(q)
+    assert "| fixed large (grown widths) |" in text and "| zero-filled input (no network) |" in text
 
     machine = {"date": "d", "cpu_count": 2, "processor": "p", "torch": "t", "torch_threads": 1,
                "cuda": None, "load_average": [1.0, 1.0, 1.0]}
