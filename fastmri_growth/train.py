@@ -657,10 +657,21 @@ def build_module(args: argparse.Namespace):
 
 
 def load_trained_module(ckpt: Path):
-    """The trained module stored in a checkpoint, grown widths restored."""
+    """The trained module stored in a checkpoint, grown widths restored.
+
+    Raises:
+        UsageError: the checkpoint holds no U-Net or does not load.
+    """
     from fastmri_growth.pl_modules import load_module
 
-    return load_module(ckpt)
+    try:
+        return load_module(ckpt)
+    except (ValueError, RuntimeError, KeyError, TypeError) as err:
+        msg = " ".join(str(err).split())
+        raise UsageError(
+            f"cannot load trained weights from {ckpt} ({msg}); pass a checkpoint written by "
+            f"{PROG} with --ckpt_path"
+        ) from None
 
 
 def uses_distributed_sampler(trainer) -> bool:

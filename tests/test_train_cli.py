@@ -43,10 +43,22 @@ TINY_ARGS = [
 
 def run_cli(args, cwd, timeout=300):
     """``python -m fastmri_growth.train ARGS`` in ``cwd``; returns the CompletedProcess."""
+    # One OpenMP thread: these convolutions are tiny, and when other processes
+    # share the cores two threads make them many times slower.
+    env = dict(os.environ, OMP_NUM_THREADS="1")
     return subprocess.run(
         [sys.executable, "-m", "fastmri_growth.train", *map(str, args)],
-        cwd=cwd, capture_output=True, text=True, timeout=timeout,
+        cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env,
     )
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """In-process runs use one thread too (see run_cli); restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def file_hashes(folder: Path) -> dict:
@@ -387,6 +399,10 @@ def _bad_cases(tmp: Path, knee_root: Path, run_dir: Path):
     _bad_h5(tmp / "no_kspace", "kspace", knee_root)
     _bad_h5(tmp / "no_header", "ismrmrd_header", knee_root)
     fresh = tmp / "fresh_run"
+    broken = tmp / "broken.ckpt"
+    broken.write_bytes(b"not a checkpoint")
+    foreign = tmp / "foreign.ckpt"
+    torch.save({"state_dict": {"net.weight": torch.zeros(1)}, "hyper_parameters": {}}, foreign)
     common = ["--default_root_dir", str(run_dir), *TINY_ARGS]
     data = ["--data_path", str(knee_root)]
     return [
@@ -409,6 +425,11 @@ def _bad_cases(tmp: Path, knee_root: Path, run_dir: Path):
          ["--mode test", "no .ckpt", "--ckpt_path"]),
         ("missing ckpt_path", data + common + ["--ckpt_path", str(tmp / "nope.ckpt")],
          ["--ckpt_path", "nope.ckpt"]),
+        ("broken checkpoint", data + common + ["--ckpt_path", str(broken)],
+         ["cannot read checkpoint", "broken.ckpt"]),
+        ("checkpoint without a U-Net", data + ["--mode", "test", "--ckpt_path", str(foreign),
+                                               "--default_root_dir", str(fresh)],
+         ["cannot load trained weights", "foreign.ckpt"]),
         ("unknown growth layer", data + common + ["--layers-to-grow", "down_9"],
          ["invalid model option", "down_9"]),
         ("other model type", data + ["--default_root_dir", str(run_dir), "--model-type", "unet",
@@ -508,6 +529,7 @@ def test_demo_end_to_end_and_rerun(tmp_path, monkeypatch, capsys):
 
     # A second run reuses the data and leaves the first run alone.
     first_run = file_hashes(run)
+    argv[argv.index("--max-epochs") + 1] = "1"  # the re-run only needs to finish
     assert demo.main(argv) == 0
     assert "reusing the synthetic data" in capsys.readouterr().out
     assert file_hashes(tmp_path / "out" / "data") == data_files
