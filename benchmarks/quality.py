@@ -166,7 +166,8 @@ def plot(res: dict, path: Path) -> Path:
             for i, (name, a) in enumerate(agg.items()):
                 ssim = a[f"SSIM_{acc}"]
                 # Grown runs share their x: spread the markers a little.
-                shift = 1 + 0.012 * (i - (len(agg) - 1) / 2)
+                grown = [n for n in agg if CONFIGS[n] is not None]
+                shift = 1 + 0.012 * (grown.index(name) - (len(grown) - 1) / 2) if name in grown else 1
                 ax.errorbar(a[key]["mean"] / scale * shift, ssim["mean"], yerr=ssim["std"],
                             xerr=a[key]["std"] / scale, marker=markers[name], capsize=3,
                             linestyle="none", label=LABELS[name])
@@ -179,7 +180,7 @@ def plot(res: dict, path: Path) -> Path:
     axes[0, 0].legend(fontsize=7, loc="best")
     cfg = res["config"]
     fig.suptitle(f"Synthetic knee single-coil, {cfg['max_epochs']} epochs, {len(cfg['seeds'])} seeds "
-                 "(mean +/- std; markers offset horizontally for legibility)", fontsize=10)
+                 "(mean +/- std; grown runs offset horizontally for legibility)", fontsize=10)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
