@@ -269,7 +269,8 @@ def print_summary(summary: dict) -> None:
         f"{summary['final_params']:,} parameters at the end",
         "leaderboard (val):     "
         + ", ".join(
-            f"{k} SSIM {summary['leaderboard_ssim'][k]:.4f} PSNR {summary['leaderboard_psnr'][k]:.2f}"
+            f"{k} SSIM {summary['leaderboard_ssim'][k]:.4f} "
+            f"PSNR {summary['leaderboard_psnr'][k]:.2f}"
             for k in summary["leaderboard_ssim"]
         ),
         f"test reconstructions:  {summary['test_reconstructions']} ({n_recon} files)",

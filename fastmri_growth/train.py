@@ -1,8 +1,11 @@
 """Train or test a (growing) U-Net on fastMRI data with pytorch-lightning 2.
 
 The command line of fastMRI's ``fastmri_examples/unet/train_unet_demo.py``
-(same flags, same defaults, same run layout), ported to Lightning 2 and
-extended with ``--model-type {unet,dynamic_unet}`` and the growth flags of
+(its flags, its defaults where they still apply: seed 42, 50 epochs,
+deterministic; its run layout), ported to Lightning 2 (explicit Trainer
+flags: ``--accelerator``, ``--devices``, ``--strategy``, ... default to
+Lightning's ``auto``) and extended with ``--model-type {unet,dynamic_unet}``
+and the growth flags of
 :class:`fastmri_growth.pl_modules.DynamicUnetModule`::
 
     fastmri-growth-train --data_path DATA/knee --challenge singlecoil \\
@@ -29,10 +32,9 @@ written: one line on stderr and exit status 2.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Set, Type
+from typing import Any, Dict, List, Optional, Sequence, Type
 
 PROG = "fastmri-growth-train"
 MODEL_TYPES = ("unet", "dynamic_unet")
@@ -460,7 +462,8 @@ def check_split_dir(folder: Path, challenge: str, need_target: bool, hint: str) 
                 keys = set(hf.keys())
                 if "kspace" not in keys:
                     raise UsageError(
-                        f"{path} has no 'kspace' dataset (it has: {', '.join(sorted(keys)) or 'nothing'}); "
+                        f"{path} has no 'kspace' dataset (it has: "
+                        f"{', '.join(sorted(keys)) or 'nothing'}); "
                         "every fastMRI .h5 file needs kspace: remove or regenerate this file"
                     )
                 if "ismrmrd_header" not in keys:

@@ -150,8 +150,10 @@ def test_growth_flags_accept_both_spellings_and_module_defaults():
     assert defaults.model_type == "dynamic_unet"
     for name, value in DynamicUnetModule.growth_defaults().items():
         assert getattr(defaults, name) == value, name
-    hyphen = train.parse_args(["--growth-method", "split", "--n-new", "3", "--layers-to-grow", "down_0"])
-    under = train.parse_args(["--growth_method", "split", "--n_new", "3", "--layers_to_grow", "down_0"])
+    hyphen = train.parse_args(
+        ["--growth-method", "split", "--n-new", "3", "--layers-to-grow", "down_0"])
+    under = train.parse_args(
+        ["--growth_method", "split", "--n_new", "3", "--layers_to_grow", "down_0"])
     for args in (hyphen, under):
         assert (args.growth_method, args.n_new, args.layers_to_grow) == ("split", 3, ["down_0"])
     # --mode is not mistaken for an abbreviation of --model-type.
@@ -335,8 +337,8 @@ def test_test_mode_writes_reconstructions_of_the_trained_weights(run_copy, knee_
 
     trained = load_module(run_copy / "checkpoints" / "last.ckpt")
     untrained = DynamicUnetModule(chans=CHANS, num_pool_layers=POOLS).eval()
-    dataset = SliceDataset(test_dir, challenge="singlecoil", transform=UnetDataTransform("singlecoil"),
-                           use_dataset_cache=False)
+    dataset = SliceDataset(test_dir, challenge="singlecoil",
+                           transform=UnetDataTransform("singlecoil"), use_dataset_cache=False)
     assert len(dataset) == 4
     worst_trained, best_untrained = 0.0, np.inf
     with torch.no_grad():
