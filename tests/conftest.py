@@ -1,6 +1,17 @@
-"""Shared fixtures: a small synthetic dataset in fastMRI's on-disk format."""
+"""Shared settings and fixtures: one torch thread, a small synthetic dataset."""
 
-import pytest
+import os
+
+# The suite's tensors are tiny, so intra-op threads only add synchronisation;
+# with subprocess tests (DDP ranks, CLI runs) sharing 2 cores, oversubscribed
+# OpenMP threads made single ops over 10x slower. Set before torch is
+# imported, so subprocesses inherit it too.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
 
 from fastmri_growth.data.synthetic import CHALLENGES, SPLITS
 

@@ -46,19 +46,14 @@ VARNET_KW = dict(num_cascades=1, pools=2, chans=2, sens_pools=2, sens_chans=2)
 
 @pytest.fixture(scope="module", autouse=True)
 def torch_settings():
-    """One intra-op thread; deterministic mode restored afterwards.
+    """Deterministic mode restored afterwards.
 
-    On a busy 2-core machine two spin-waiting intra-op threads made the
-    VarNet test 10x slower (20 s instead of 2 s). Trainer(deterministic=True)
-    switches torch's global deterministic mode on; other test modules should
-    not inherit it.
+    Trainer(deterministic=True) switches torch's global deterministic mode
+    on; other test modules should not inherit it.
     """
-    threads = torch.get_num_threads()
     deterministic = torch.are_deterministic_algorithms_enabled()
     warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
-    torch.set_num_threads(1)
     yield
-    torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
 
 

@@ -37,16 +37,6 @@ CONV_IDXS = (0, 1)
 
 
 # ----------------------------------------------------------------- helpers
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors: intra-op threads only add synchronisation, and on busy
-    cores they make every op an order of magnitude slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_model(in_chans=2, out_chans=2, chans=3, num_pool_layers=2, dtype=F64, seed=0, **kwargs):
     """A seeded DynamicUnet in ``dtype``, in eval mode."""
     torch.manual_seed(seed)

@@ -43,22 +43,11 @@ TINY_ARGS = [
 
 def run_cli(args, cwd, timeout=300):
     """``python -m fastmri_growth.train ARGS`` in ``cwd``; returns the CompletedProcess."""
-    # One OpenMP thread: these convolutions are tiny, and when other processes
-    # share the cores two threads make them many times slower.
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    # OMP_NUM_THREADS=1 is inherited from tests/conftest.py.
     return subprocess.run(
         [sys.executable, "-m", "fastmri_growth.train", *map(str, args)],
-        cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env,
+        cwd=cwd, capture_output=True, text=True, timeout=timeout,
     )
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """In-process runs use one thread too (see run_cli); restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def file_hashes(folder: Path) -> dict:

@@ -178,9 +178,11 @@ class DynamicUnetModule(UnetModule):
     def on_train_epoch_end(self) -> None:
         # After this epoch's growth, so the curve shows the size trained at.
         size = self.unet.get_network_size()
-        self.log("network/params", float(self.unet.num_parameters()), on_step=False, on_epoch=True)
+        # Identical on every rank; sync_dist only keeps Lightning's DDP check quiet.
+        self.log("network/params", float(self.unet.num_parameters()), on_step=False, on_epoch=True,
+                 sync_dist=True)
         self.log("network/filters", float(sum(w["conv1_out"] + w["conv2_out"] for w in size.values())),
-                 on_step=False, on_epoch=True)
+                 on_step=False, on_epoch=True, sync_dist=True)
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         epoch = self.trainer.current_epoch
@@ -248,7 +250,7 @@ class DynamicUnetModule(UnetModule):
                 "growth/filters_added": float(sum(r.n_added for r in reports)),
                 "growth/seconds": float(total_seconds),
                 "growth/params": float(reports[-1].params_after),
-            }, on_step=False, on_epoch=True)
+            }, on_step=False, on_epoch=True, sync_dist=True)
         return reports
 
     def _after_growth(self, changes) -> None:
