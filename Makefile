@@ -10,6 +10,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
 .PHONY: setup test demo bench clean
 
@@ -28,7 +29,7 @@ demo: $(STAMP)
 	$(BIN)/python -m fastmri_growth.demo
 
 bench: $(STAMP)
-	$(BIN)/python -m benchmarks.run_all
+	$(BIN)/python -m benchmarks.run_all $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) *.egg-info demo_output bench_output .pytest_cache

@@ -8,20 +8,9 @@ timing is asserted.
 
 import json
 
-import pytest
-import torch
-
 from benchmarks import growth_cost, overhead, quality, run_all, training
 
 TINY_DATA = {"train": 1, "val": 1, "num_slices": 2, "recon_size": 32}
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_overhead_structure():

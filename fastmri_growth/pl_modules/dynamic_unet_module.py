@@ -108,7 +108,8 @@ class DynamicUnetModule(UnetModule):
             new_filter_lr_scale: Learning-rate scale of newly added weights
                 during the epoch they were added in.
             reset_optimizer: Recreate optimizer and LR scheduler after growth
-                instead of carrying their state over.
+                instead of carrying their state over (for comparison: the LR
+                schedule then restarts from its first epoch).
             growth_start_epoch: First epoch at which growth may happen.
             growth_seed: Seed of candidate and noise generation (identical on
                 every rank, and a function of the epoch, so resumed runs
@@ -386,7 +387,8 @@ class DynamicUnetModule(UnetModule):
         flag("new_filter_lr_scale", type=float,
              help="Learning-rate scale of new weights during the epoch they were added in")
         flag("reset_optimizer", action="store_true",
-             help="Recreate optimizer and LR scheduler after growth (instead of keeping state)")
+             help="Recreate optimizer and LR scheduler after growth instead of keeping their "
+                  "state (the LR schedule then restarts from its first epoch)")
         flag("growth_seed", type=int, help="Seed of candidate generation")
         return parser
 
