@@ -232,8 +232,22 @@ def sample_select(model, layer_idx, conv_idx, batch, target, criterion, n_new,
     Kept filters get the candidate's fan-in and a ZERO fan-out in every
     consumer, so the network output is unchanged.
 
+    Args:
+        model: The :class:`~fastmri_growth.models.DynamicUnet` to grow.
+        layer_idx: Layer id.
+        conv_idx: 0 or 1.
+        batch: Scoring batch `(N, in_chans, H, W)`.
+        target: Target `(N, out_chans, H, W)` or `(N, H, W)`.
+        criterion: Loss ``criterion(output, target)``.
+        n_new: Filters to keep.
+        candidates: Optional fan-ins `(K, C_in, 3, 3)`; default: ``model.n_candidates``
+            from :func:`generate_candidates`.
+        generator: Optional CPU random generator.
+        reduce_fn: Optional reduction of each gradient tensor (DDP mean).
+
     Returns:
-        ``(scores, selected, changes, loss)``.
+        ``(scores, selected, changes, loss)``: K floats, the kept indices,
+        the :class:`ParamChange` list, and the loss before growth.
     """
     conv = model.conv_layer(layer_idx, conv_idx)
     if candidates is None:
@@ -268,11 +282,26 @@ def split(model, layer_idx, conv_idx, batch, target, criterion, n_new,
     float rounding).
 
     Choosing by the largest gradient norm is a heuristic; published
-    splitting methods (Liu et al. 2019; Wu et al., Firefly 2020) use a
+    splitting methods (Wu, Wang & Liu 2019; Wu et al., Firefly 2020) use a
     second-order criterion.
 
+    Args:
+        model: The :class:`~fastmri_growth.models.DynamicUnet` to grow.
+        layer_idx: Layer id.
+        conv_idx: 0 or 1.
+        batch: Batch `(N, in_chans, H, W)` for the gradients, or None to use
+            the conv weight's existing ``.grad`` `(C_out, C_in, 3, 3)`.
+        target: Target `(N, out_chans, H, W)` or `(N, H, W)`, or None.
+        criterion: Loss ``criterion(output, target)``.
+        n_new: Filters to duplicate.
+        split_noise: Relative fan-in noise; None means ``DEFAULT_SPLIT_NOISE``.
+        generator: Optional CPU random generator for the noise.
+        reduce_fn: Optional reduction of the weight gradient (DDP mean).
+
     Returns:
-        ``(grad_norms, selected, changes, loss)``.
+        ``(grad_norms, selected, changes, loss)``: one fan-in gradient norm
+        per existing filter, the duplicated indices, the
+        :class:`ParamChange` list, and the loss before growth.
     """
     conv = model.conv_layer(layer_idx, conv_idx)
     if batch is not None:
@@ -326,7 +355,15 @@ GROWTH_METHODS: Dict[str, Callable] = {"sample_select": sample_select, "split": 
 
 def grow(model, layer_idx, conv_idx, batch, target, criterion=F.l1_loss, n_new=1, method=None,
          split_noise=None, candidates=None, generator=None, reduce_fn=None) -> GrowthReport:
-    """Grow one conv of ``model``; see :meth:`DynamicUnet.grow_network`."""
+    """Grow one conv of ``model``: validate, choose, apply the surgery.
+
+    See :meth:`DynamicUnet.grow_network` for the arguments (batch
+    `(N, in_chans, H, W)`, target `(N, out_chans, H, W)` or `(N, H, W)`,
+    candidates `(K, C_in, 3, 3)`).
+
+    Returns:
+        The :class:`GrowthReport`.
+    """
     start = time.perf_counter()
     method = model.growth_method if method is None else method
     _validate(model, layer_idx, conv_idx, batch, target, n_new, method, split_noise, candidates)

@@ -73,7 +73,15 @@ class _EvalMode:
 
 
 def prepare_target(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Shape the target like the output (fastMRI targets have no channel dim)."""
+    """Shape the target like the output (fastMRI targets have no channel dim).
+
+    Args:
+        output: Model output `(N, C, H, W)`.
+        target: `(N, C, H, W)`, or `(N, H, W)` when ``C == 1``.
+
+    Returns:
+        The target as `(N, C, H, W)`.
+    """
     if target.dim() == output.dim() - 1 and output.shape[1] == 1:
         return target.unsqueeze(1)
     return target
@@ -251,8 +259,18 @@ def brute_force_scores(
     K separate forward+backward passes on copies of the model; used to test
     :func:`score_candidates` and to measure its speed-up.
 
+    Args:
+        model: A :class:`~fastmri_growth.models.DynamicUnet` (not modified).
+        layer_id: Grown layer id.
+        conv_idx: 0 or 1.
+        candidates: Candidate fan-ins `(K, C_in, 3, 3)`.
+        batch: `(N, in_chans, H, W)`.
+        target: `(N, out_chans, H, W)` or `(N, H, W)`.
+        criterion: The training loss.
+
     Returns:
-        Scores `(K,)`.
+        Scores `(K,)`: the norm of the gradient of all of the candidate's
+        parameters (fan-in and every consumer's fan-out slice), dropout off.
     """
     scores = []
     for j in range(candidates.shape[0]):

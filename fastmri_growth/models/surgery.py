@@ -80,7 +80,17 @@ def in_dim(conv: nn.Module) -> int:
 
 
 def zero_fan_out(conv: nn.Module, count: int) -> torch.Tensor:
-    """Zero input slices for ``count`` new input channels of ``conv``."""
+    """Zero input slices for ``count`` new input channels of ``conv``.
+
+    Args:
+        conv: A consumer: ``nn.Conv2d`` (weight `(C_out, C_in, k, k)`) or
+            ``nn.ConvTranspose2d`` (weight `(C_in, C_out, k, k)`).
+        count: Number of new input channels.
+
+    Returns:
+        Zeros `(C_out, count, k, k)`, or `(count, C_out, k, k)` for a
+        transposed conv.
+    """
     shape = list(conv.weight.shape)
     shape[in_dim(conv)] = count
     return conv.weight.new_zeros(shape)
