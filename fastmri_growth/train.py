@@ -45,10 +45,22 @@ CHALLENGE_TARGET_KEY = {"singlecoil": "reconstruction_esc", "multicoil": "recons
 # k-space rank per challenge: (slices, H, W) or (slices, coils, H, W).
 CHALLENGE_KSPACE_NDIM = {"singlecoil": 3, "multicoil": 4}
 DIRS_CONFIG = "fastmri_dirs.yaml"
+# fastMRI's SliceDataset cache: relative, so it lives in the working directory.
+DATASET_CACHE_FILE = Path("dataset_cache.pkl")
 SYNTH_HINT = (
     "for a small synthetic set run `fastmri-growth-synth --out DIR` "
     "and pass --data_path DIR/knee"
 )
+
+
+def synth_hint(challenge: str = "singlecoil") -> str:
+    """How to make synthetic data for ``--challenge challenge``."""
+    if challenge == "multicoil":
+        return (
+            "for a small synthetic set run `fastmri-growth-synth --out DIR --challenges "
+            "knee_multicoil` and pass --data_path DIR/knee"
+        )
+    return SYNTH_HINT
 
 
 class UsageError(Exception):
@@ -249,9 +261,9 @@ def _add_trainer_args(parser: argparse.ArgumentParser) -> None:
     for split in ("train", "val", "test"):
         group.add_argument(
             f"--limit_{split}_batches",
-            default=1.0,
+            default=None,
             type=_int_or_float,
-            help=f"Batches per {split} epoch: an int count or a float fraction",
+            help=f"Batches per {split} epoch: an int count or a float fraction; default: all",
         )
     group.add_argument(
         "--log_every_n_steps", default=50, type=int, help="Log training metrics every N steps"
@@ -299,6 +311,12 @@ def build_parser(model_type: str = DEFAULT_MODEL_TYPE) -> argparse.ArgumentParse
     base = module_class(model_type).add_model_specific_args(base)
     _add_trainer_args(base)
     for action in base._actions:
+        if action.dest == "use_dataset_cache_file":
+            action.help = (
+                f"Cache the slice lists of the data folders in ./{DATASET_CACHE_FILE} "
+                "(fastMRI's file, in the working directory); entries of folders whose "
+                "files changed since are dropped before each run"
+            )
         if action.dest == "data_path":
             action.help = (
                 f"Path to fastMRI data root (holding CHALLENGE_train/, CHALLENGE_val/, ...); "
@@ -330,11 +348,30 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     # allow_abbrev=False: "--mode" must not be taken as a prefix of "--model-type".
     pre = _OneLineParser(prog=PROG, add_help=False, allow_abbrev=False)
     pre.add_argument(
-        "--model-type", "--model_type", dest="model_type", choices=MODEL_TYPES,
-        default=DEFAULT_MODEL_TYPE,
+        "--model-type", "--model_type", dest="model_type", choices=MODEL_TYPES, default=None,
     )
     known, _ = pre.parse_known_args(argv)
-    return build_parser(known.model_type).parse_args(argv)
+    model_type = known.model_type or DEFAULT_MODEL_TYPE
+    parser = build_parser(model_type)
+    if model_type == "unet":
+        growth = growth_options()
+        for token in argv:
+            if token == "--":
+                break
+            option = token.split("=", 1)[0]
+            if option in growth:
+                parser.error(f"growth flags need --model-type dynamic_unet (got {option})")
+    args = parser.parse_args(argv)
+    # Test mode follows the checkpoint's model type unless one was asked for.
+    args.model_type_given = known.model_type is not None
+    return args
+
+
+def growth_options() -> List[str]:
+    """The option strings (both spellings) that only ``dynamic_unet`` has."""
+    fixed = {o for a in build_parser("unet")._actions for o in a.option_strings}
+    return [o for a in build_parser("dynamic_unet")._actions for o in a.option_strings
+            if o not in fixed]
 
 
 # ---------------------------------------------------------------------------
@@ -446,7 +483,7 @@ def check_split_dir(folder: Path, challenge: str, need_target: bool, hint: str) 
     if not files:
         raise UsageError(
             f"data folder {folder} holds no .h5 files; point --data_path at a fastMRI "
-            f"data root ({SYNTH_HINT})"
+            f"data root ({synth_hint(challenge)})"
         )
     others = [p.name for p in entries if p not in files]
     if others:
@@ -470,7 +507,7 @@ def check_split_dir(folder: Path, challenge: str, need_target: bool, hint: str) 
                     raise UsageError(
                         f"{path} has no 'ismrmrd_header' dataset, which fastMRI's SliceDataset "
                         "reads for the crop and padding; remove or regenerate this file "
-                        f"({SYNTH_HINT.split(' and ')[0]} writes it)"
+                        "(`fastmri-growth-synth` writes it)"
                     )
                 ndim = hf["kspace"].ndim
                 if ndim != CHALLENGE_KSPACE_NDIM[challenge]:
@@ -518,16 +555,16 @@ def check_data(args: argparse.Namespace) -> None:
         raise UsageError(
             f"no data path: pass --data_path DIR (a fastMRI root holding "
             f"{args.challenge}_train/, {args.challenge}_val/, ...) or set knee_path in "
-            f"./{DIRS_CONFIG}; {SYNTH_HINT}"
+            f"./{DIRS_CONFIG}; {synth_hint(args.challenge)}"
         )
     if args.data_path is not None and not Path(args.data_path).is_dir():
         raise UsageError(
             f"data path {args.data_path} (from {args.data_path_source}) does not exist; "
-            f"pass --data_path DIR; {SYNTH_HINT}"
+            f"pass --data_path DIR; {synth_hint(args.challenge)}"
         )
     layout_hint = (
         f"--data_path must hold {args.challenge}_train/, {args.challenge}_val/ and "
-        f"{args.challenge}_test/ (fastMRI layout); {SYNTH_HINT}"
+        f"{args.challenge}_test/ (fastMRI layout); {synth_hint(args.challenge)}"
     )
     for split, folder in data_folders(args).items():
         if split == "test" and args.mode == "train":
@@ -556,31 +593,36 @@ def newest_checkpoint(checkpoint_dir: Path) -> Optional[Path]:
     return max(ckpts, key=lambda p: (p.stat().st_mtime_ns, p.name.startswith("last")))
 
 
-def _checkpoint_model_type(path: Path) -> Optional[str]:
-    """``"dynamic_unet"`` or ``"unet"``: the module a checkpoint was written by.
-
-    Decided as :func:`fastmri_growth.pl_modules.load_module` decides it.
-    Returns None for a checkpoint that holds neither.
+def _read_checkpoint(path: Path) -> Any:
+    """The object stored in a checkpoint file (tensors memory-mapped when possible).
 
     Raises:
         UsageError: the file cannot be read as a checkpoint.
     """
     import torch
 
-    from fastmri_growth.pl_modules.dynamic_unet_module import CHECKPOINT_KEY
-
     try:
         try:
             # mmap: only the small dict entries are read, not every tensor.
-            ckpt = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+            return torch.load(path, map_location="cpu", mmap=True, weights_only=False)
         except RuntimeError:
-            ckpt = torch.load(path, map_location="cpu", weights_only=False)
+            return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:
         first = str(err).splitlines()[0] if str(err) else ""
         raise UsageError(
             f"cannot read checkpoint {path} ({type(err).__name__}: {first}); pass another "
             "--ckpt_path or move the broken file out of the checkpoints folder"
         ) from None
+
+
+def _stored_model_type(ckpt: Any) -> Optional[str]:
+    """``"dynamic_unet"`` or ``"unet"``: the module a checkpoint was written by.
+
+    Decided as :func:`fastmri_growth.pl_modules.load_module` decides it.
+    Returns None for a checkpoint that holds neither.
+    """
+    from fastmri_growth.pl_modules.dynamic_unet_module import CHECKPOINT_KEY
+
     if not isinstance(ckpt, dict):
         return None
     hparams = ckpt.get("hyper_parameters") or {}
@@ -591,12 +633,86 @@ def _checkpoint_model_type(path: Path) -> Optional[str]:
     return None
 
 
+def _checkpoint_model_type(path: Path) -> Optional[str]:
+    """:func:`_stored_model_type` of the checkpoint file ``path``.
+
+    Raises:
+        UsageError: the file cannot be read as a checkpoint.
+    """
+    return _stored_model_type(_read_checkpoint(path))
+
+
+#: The constructor arguments that fix a U-Net's architecture at the start of
+#: training (a growing U-Net widens its convs later, but from ``chans``).
+ARCHITECTURE_ARGS = ("in_chans", "out_chans", "chans", "num_pool_layers")
+
+
+def stored_architecture(ckpt: Any) -> Dict[str, int]:
+    """The architecture arguments a checkpoint's module was built with.
+
+    Taken from the saved ``hyper_parameters``; any missing there are read
+    from the state dict's shapes (``chans`` only for a fixed U-Net, whose
+    first conv is ``chans`` wide).
+
+    Args:
+        ckpt: A loaded Lightning checkpoint.
+
+    Returns:
+        ``{name: value}`` for the names of :data:`ARCHITECTURE_ARGS` found.
+    """
+    if not isinstance(ckpt, dict):
+        return {}
+    hparams = ckpt.get("hyper_parameters") or {}
+    found = {k: int(hparams[k]) for k in ARCHITECTURE_ARGS if isinstance(hparams.get(k), int)}
+    if len(found) < len(ARCHITECTURE_ARGS):
+        from fastmri_growth.models import architecture_from_state_dict
+
+        state = ckpt.get("state_dict") or {}
+        try:
+            arch = architecture_from_state_dict(
+                {k: v for k, v in state.items() if str(k).startswith("unet.")}
+            )
+        except (ValueError, KeyError, TypeError, IndexError):
+            arch = None
+        if arch is not None:
+            for key in ("in_chans", "out_chans", "num_pool_layers"):
+                found.setdefault(key, int(arch[key]))
+            if _stored_model_type(ckpt) == "unet":
+                first = state.get("unet.down_sample_layers.0.layers.0.weight")
+                if first is not None:
+                    found.setdefault("chans", int(first.shape[0]))
+    return found
+
+
+def check_architecture(args: argparse.Namespace, ckpt_path: Path, ckpt: Any) -> None:
+    """Refuse to resume a checkpoint built with other architecture flags.
+
+    Lightning would fail inside ``fit`` (a size mismatch while loading the
+    state dict) with a traceback; this names the flags to pass instead.
+
+    Raises:
+        UsageError: a flag of :data:`ARCHITECTURE_ARGS` differs from the checkpoint.
+    """
+    stored = stored_architecture(ckpt)
+    diff = [k for k in ARCHITECTURE_ARGS
+            if k in stored and getattr(args, k, stored[k]) != stored[k]]
+    if diff:
+        has = ", ".join(f"{k}={stored[k]}" for k in diff)
+        given = ", ".join(f"--{k} is {getattr(args, k)}" for k in diff)
+        fix = " ".join(f"--{k} {stored[k]}" for k in diff)
+        raise UsageError(
+            f"checkpoint {ckpt_path} has {has} but {given}; pass {fix} to resume it, "
+            "or a new --default_root_dir"
+        )
+
+
 def resolve_checkpoint(args: argparse.Namespace) -> Optional[Path]:
     """The checkpoint to resume from (train) or to test (test mode).
 
     Raises:
         UsageError: ``--ckpt_path`` does not exist, test mode finds no
-            checkpoint, or the checkpoint holds the other model type.
+            checkpoint, the checkpoint holds the other model type, or
+            (training) it was built with other architecture flags.
     """
     checkpoint_dir = args.default_root_dir / "checkpoints"
     if args.ckpt_path is not None:
@@ -612,15 +728,21 @@ def resolve_checkpoint(args: argparse.Namespace) -> Optional[Path]:
                 "train first with the same --default_root_dir, or pass --ckpt_path FILE"
             )
         return None
-    stored = _checkpoint_model_type(ckpt)
-    if args.mode == "test" and stored is not None:
-        # Test mode rebuilds whatever the checkpoint holds.
+    loaded = _read_checkpoint(ckpt)
+    stored = _stored_model_type(loaded)
+    explicit = getattr(args, "model_type_given", True)
+    if args.mode == "test" and stored is not None and not explicit:
+        # Without --model-type, test mode rebuilds whatever the checkpoint holds.
         args.model_type = stored
     elif stored is not None and stored != args.model_type:
+        action = "resume" if args.mode == "train" else "test"
         raise UsageError(
             f"checkpoint {ckpt} holds a {stored} model but --model-type is {args.model_type}; "
-            f"pass --model-type {stored} to resume it, or a new --default_root_dir"
+            f"pass --model-type {stored} to {action} it"
+            + (", or a new --default_root_dir" if args.mode == "train" else "")
         )
+    if args.mode == "train":
+        check_architecture(args, ckpt, loaded)
     return ckpt
 
 
@@ -775,6 +897,100 @@ def build_trainer(args: argparse.Namespace):
         raise UsageError(f"invalid trainer option: {msg}") from None
 
 
+def _cached_folder_is_stale(folder: Path, samples: Any, cache_mtime_ns: int) -> bool:
+    """Whether a cache entry no longer describes ``folder``.
+
+    Stale when the folder is gone, its files are not the cached ones, or one
+    of them was written after the cache (e.g. regenerated with fewer slices).
+    """
+    if not folder.is_dir():
+        return True
+    files = [p for p in folder.iterdir() if p.is_file()]
+    try:
+        cached = {Path(sample[0]).name for sample in samples}
+    except (TypeError, IndexError):
+        return True
+    if {p.name for p in files} != cached:
+        return True
+    return any(p.stat().st_mtime_ns > cache_mtime_ns for p in files)
+
+
+def prune_dataset_cache(cache_file: Path = DATASET_CACHE_FILE) -> List[str]:
+    """Drop the stale entries of fastMRI's dataset cache file, rewriting it.
+
+    fastMRI's SliceDataset trusts the cache for any folder listed in it, so
+    data regenerated in place (fewer slices, other files) would be read with
+    the old slice list and fail inside a DataLoader worker.
+
+    Args:
+        cache_file: The pickled ``{folder: [FastMRIRawDataSample, ...]}`` cache.
+
+    Returns:
+        The folders whose entries were dropped (empty when none or no file).
+
+    Raises:
+        UsageError: the cache file cannot be read.
+    """
+    import os
+    import pickle
+
+    if not cache_file.is_file():
+        return []
+    try:
+        with open(cache_file, "rb") as f:
+            cache = pickle.load(f)
+    except Exception as err:
+        raise UsageError(
+            f"cannot read the dataset cache {cache_file.resolve()} ({type(err).__name__}); "
+            "delete it (it is rebuilt) or pass --use_dataset_cache_file false"
+        ) from None
+    if not isinstance(cache, dict):
+        raise UsageError(
+            f"the dataset cache {cache_file.resolve()} is not fastMRI's cache (a dict); "
+            "delete it (it is rebuilt) or pass --use_dataset_cache_file false"
+        )
+    mtime_ns = cache_file.stat().st_mtime_ns
+    stale = [root for root, samples in cache.items()
+             if _cached_folder_is_stale(Path(root), samples, mtime_ns)]
+    if not stale:
+        return []
+    kept = {root: samples for root, samples in cache.items() if root not in stale}
+    # Write beside and rename, so no reader ever sees half a file.
+    tmp = cache_file.with_name(f".{cache_file.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        pickle.dump(kept, f)
+    os.replace(tmp, cache_file)
+    return [str(root) for root in stale]
+
+
+def cap_num_workers(requested: int, cpus: Optional[int] = None):
+    """fastMRI's ``--num_workers`` (default 4), at most one per available CPU.
+
+    More loader processes than CPUs only compete with the training process
+    (and make Lightning and torch warn).
+
+    Args:
+        requested: ``--num_workers``.
+        cpus: CPUs available to this process; None asks the OS.
+
+    Returns:
+        ``(num_workers, note)``; ``note`` is None when nothing was capped.
+    """
+    import os
+
+    if cpus is None:
+        try:
+            cpus = len(os.sched_getaffinity(0))
+        except AttributeError:  # not on Linux
+            cpus = os.cpu_count() or 1
+    if requested <= cpus:
+        return requested, None
+    return cpus, (
+        f"note: --num_workers {requested} is more than the {cpus} CPU(s) available; "
+        f"using {cpus} data loader workers"
+    )
+
+
 def build_data_module(args: argparse.Namespace, distributed_sampler: bool):
     """FastMriDataModule with the demo's transforms.
 
@@ -803,10 +1019,31 @@ def build_data_module(args: argparse.Namespace, distributed_sampler: bool):
         val_volume_sample_rate=args.val_volume_sample_rate,
         test_volume_sample_rate=args.test_volume_sample_rate,
         use_dataset_cache_file=args.use_dataset_cache_file,
+        dataset_cache_file=DATASET_CACHE_FILE,
         batch_size=args.batch_size,
         num_workers=args.num_workers,
         distributed_sampler=distributed_sampler,
     )
+
+
+#: (metric logged by MriModule, label, format) of the summary's validation line.
+SUMMARY_METRICS = (
+    ("validation_loss", "validation_loss", ".4g"),
+    ("val_metrics/ssim", "SSIM", ".4f"),
+    ("val_metrics/psnr", "PSNR", ".2f"),
+    ("val_metrics/nmse", "NMSE", ".4g"),
+)
+
+
+def validation_summary(metrics: Dict[str, Any]) -> str:
+    """The last validation's loss, SSIM, PSNR and NMSE as one line ("" if none ran).
+
+    Args:
+        metrics: ``trainer.callback_metrics`` (the latest logged values).
+    """
+    parts = [f"{label} {float(metrics[key]):{fmt}}"
+             for key, label, fmt in SUMMARY_METRICS if key in metrics]
+    return ", ".join(parts)
 
 
 def _print_summary(args: argparse.Namespace, trainer) -> None:
@@ -818,7 +1055,12 @@ def _print_summary(args: argparse.Namespace, trainer) -> None:
         lines.append(f"  checkpoints:      {ckpt_dir} ({', '.join(ckpts) or 'none'})")
         callback = trainer.checkpoint_callback
         if callback is not None and callback.best_model_path:
-            lines.append(f"  best checkpoint:  {callback.best_model_path}")
+            score = callback.best_model_score
+            best = f" (validation_loss {float(score):.4g})" if score is not None else ""
+            lines.append(f"  best checkpoint:  {callback.best_model_path}{best}")
+        last = validation_summary(trainer.callback_metrics)
+        if last:
+            lines.append(f"  last validation:  {last}")
     else:
         lines.append(f"  tested weights:   {args.ckpt_path}")
     for logger in trainer.loggers:
@@ -847,6 +1089,17 @@ def run(args: argparse.Namespace):
     else:
         module = load_trained_module(args.ckpt_path)
     trainer = build_trainer(args)
+    if args.use_dataset_cache_file:
+        dropped = prune_dataset_cache(DATASET_CACHE_FILE)
+        if dropped and trainer.is_global_zero:
+            print(
+                f"note: dropped the entries of {', '.join(dropped)} from the dataset cache "
+                f"{DATASET_CACHE_FILE.resolve()}: their files changed since it was written",
+                flush=True,
+            )
+    args.num_workers, note = cap_num_workers(args.num_workers)
+    if note and trainer.is_global_zero:
+        print(note, flush=True)
     data_module = build_data_module(args, uses_distributed_sampler(trainer))
     pl.seed_everything(args.seed)
     if args.mode == "train":

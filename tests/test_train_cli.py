@@ -129,7 +129,11 @@ def test_unet_model_type_has_no_growth_flags_and_its_own_defaults(capsys):
         train.parse_args(["--model-type", "unet", "--growth-method", "split"])
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--growth-method" in err[0]
+    assert len(err) == 1, err
+    assert "growth flags need --model-type dynamic_unet (got --growth-method)" in err[0]
+    with pytest.raises(SystemExit):
+        train.parse_args(["--model_type", "unet", "--n_new=2"])
+    assert "(got --n_new)" in capsys.readouterr().err
 
 
 def test_growth_flags_accept_both_spellings_and_module_defaults():
@@ -169,6 +173,64 @@ def test_boolean_flags_parse_false():
     assert train.parse_args(["--deterministic", "warn"]).deterministic == "warn"
     assert train.parse_args(["--limit_train_batches", "3"]).limit_train_batches == 3
     assert train.parse_args(["--limit_train_batches", "0.5"]).limit_train_batches == 0.5
+
+
+def test_lightning_limit_defaults_and_worker_cap(capsys):
+    args = train.parse_args([])
+    # None, not 1.0: Lightning then prints no "Trainer(limit_*_batches=1.0)" lines.
+    assert (args.limit_train_batches, args.limit_val_batches, args.limit_test_batches) == (
+        None, None, None)
+    assert train.parse_args(["--limit_val_batches", "2"]).limit_val_batches == 2
+    assert args.num_workers == 4  # fastMRI's default, capped per machine
+    assert train.cap_num_workers(4, cpus=2) == (
+        2, "note: --num_workers 4 is more than the 2 CPU(s) available; "
+        "using 2 data loader workers")
+    assert train.cap_num_workers(2, cpus=2) == (2, None)
+    assert train.cap_num_workers(0, cpus=1) == (0, None)
+    with pytest.raises(SystemExit):
+        train.main(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "default: 1e-3" in out and "Number of U-Net output channels" in out
+    assert "./dataset_cache.pkl" in out
+
+
+def test_stale_dataset_cache_entries_are_dropped(tmp_path, monkeypatch):
+    from fastmri.data import SliceDataset
+
+    from fastmri_growth.data.synthetic import generate_dataset
+
+    monkeypatch.chdir(tmp_path)
+    generate_dataset(tmp_path / "d", challenges=("knee_singlecoil",), splits=("train", "val"),
+                     num_volumes=1, num_slices=3, recon_size=64, seed=0)
+    cache = Path("dataset_cache.pkl")
+    train_dir = tmp_path / "d" / "knee" / "singlecoil_train"
+    val_dir = tmp_path / "d" / "knee" / "singlecoil_val"
+    for folder in (train_dir, val_dir):
+        SliceDataset(folder, "singlecoil", use_dataset_cache=True, dataset_cache_file=cache)
+    assert train.prune_dataset_cache(cache) == []  # nothing changed yet
+    # Regenerated in place with fewer slices: fastMRI would still list 3.
+    generate_dataset(tmp_path / "d", challenges=("knee_singlecoil",), splits=("train",),
+                     num_volumes=1, num_slices=2, recon_size=64, seed=0, overwrite=True)
+    stale = SliceDataset(train_dir, "singlecoil", use_dataset_cache=True,
+                         dataset_cache_file=cache)
+    assert len(stale) == 3
+    with pytest.raises(IndexError):
+        stale[2]  # what a DataLoader worker hit
+    assert train.prune_dataset_cache(cache) == [str(train_dir)]
+    assert train.prune_dataset_cache(cache) == []
+    fresh = SliceDataset(train_dir, "singlecoil", use_dataset_cache=True,
+                         dataset_cache_file=cache)
+    assert len(fresh) == 2
+    assert fresh[1][2].shape == (64, 64)  # the last slice's target reads
+    # The untouched folder keeps its entry; a removed file also makes it stale.
+    import pickle
+
+    assert list(pickle.loads(cache.read_bytes())) == [val_dir, train_dir]
+    next(val_dir.glob("*.h5")).rename(tmp_path / "moved.h5")
+    assert train.prune_dataset_cache(cache) == [str(val_dir)]
+    cache.write_bytes(b"junk")
+    with pytest.raises(train.UsageError, match="cannot read the dataset cache"):
+        train.prune_dataset_cache(cache)
 
 
 def test_newest_checkpoint_by_mtime_ties_to_last(tmp_path):
@@ -289,14 +351,33 @@ def test_train_grows_and_writes_the_run_layout(trained_run):
         assert column in header
     assert str(run_dir / "checkpoints") in proc.stdout
     assert str(metrics) in proc.stdout
+    assert "was configured" not in proc.stdout + proc.stderr  # limit_*_batches left unset
+    # The summary gives the last epoch's validation metrics, as logged.
+    with open(metrics, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["val_metrics/ssim"] and r["epoch"] == "1"]
+    last = rows[-1]
+    expected = (f"last validation:  validation_loss {float(last['validation_loss']):.4g}, "
+                f"SSIM {float(last['val_metrics/ssim']):.4f}, "
+                f"PSNR {float(last['val_metrics/psnr']):.2f}, "
+                f"NMSE {float(last['val_metrics/nmse']):.4g}")
+    assert expected in proc.stdout, proc.stdout[-2000:]
+    assert re.search(r"best checkpoint: .*epoch=1-step=\d+\.ckpt \(validation_loss [0-9.e-]+\)",
+                     proc.stdout), proc.stdout[-2000:]
 
 
 def test_second_invocation_resumes_from_the_checkpoint(run_copy, knee_root):
     before = torch.load(run_copy / "checkpoints" / "last.ckpt", map_location="cpu",
                         weights_only=False)
+    import pickle
+
+    # A cache entry of a folder that is gone is dropped before the data are read.
+    gone = run_copy.parent / "gone_folder"
+    (run_copy.parent / "dataset_cache.pkl").write_bytes(pickle.dumps({gone: []}))
     proc = run_cli(["--data_path", knee_root, "--default_root_dir", run_copy,
                     "--max_epochs", "3", *TINY_ARGS], cwd=run_copy.parent)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"note: dropped the entries of {gone} from the dataset cache" in proc.stdout
+    assert gone not in pickle.loads((run_copy.parent / "dataset_cache.pkl").read_bytes())
     assert f"Resuming from {run_copy / 'checkpoints' / 'last.ckpt'}" in proc.stdout
     # Only epoch 2 ran: the new logger version starts where the checkpoint ended.
     assert csv_epochs(run_copy / "csv_logs" / "version_1" / "metrics.csv") == {2}
@@ -396,6 +477,14 @@ def _bad_cases(tmp: Path, knee_root: Path, run_dir: Path):
     torch.save({"state_dict": {"net.weight": torch.zeros(1)}, "hyper_parameters": {}}, foreign)
     common = ["--default_root_dir", str(run_dir), *TINY_ARGS]
     data = ["--data_path", str(knee_root)]
+    from fastmri_growth.pl_modules.lightning2 import UnetModule
+
+    # A fixed U-Net checkpoint without hyper_parameters: chans read from shapes.
+    unet_ckpt = tmp / "unet.ckpt"
+    torch.save({"state_dict": UnetModule(chans=4, num_pool_layers=2).state_dict(),
+                "hyper_parameters": {}}, unet_ckpt)
+    unet_args = ["--model-type", "unet", "--accelerator", "cpu", "--num_workers", "0",
+                 "--default_root_dir", str(fresh)]
     return [
         ("no data path", common, ["no data path", "--data_path", "fastmri-growth-synth"]),
         ("missing data path", ["--data_path", str(tmp / "nope")] + common,
@@ -405,9 +494,9 @@ def _bad_cases(tmp: Path, knee_root: Path, run_dir: Path):
         ("no kspace", ["--data_path", str(tmp / "no_kspace")] + common,
          ["no 'kspace' dataset", "no_kspace"]),
         ("no header", ["--data_path", str(tmp / "no_header")] + common,
-         ["no 'ismrmrd_header'", "no_header"]),
+         ["no 'ismrmrd_header'", "no_header", "(`fastmri-growth-synth` writes it)"]),
         ("wrong challenge", data + common + ["--challenge", "multicoil"],
-         ["multicoil_train"]),
+         ["multicoil_train", "fastmri-growth-synth --out DIR --challenges knee_multicoil"]),
         ("mask lengths", data + common + ["--center_fractions", "0.08",
                                           "--accelerations", "4", "8"],
          ["--center_fractions has 1", "--accelerations has 2"]),
@@ -426,6 +515,22 @@ def _bad_cases(tmp: Path, knee_root: Path, run_dir: Path):
         ("other model type", data + ["--default_root_dir", str(run_dir), "--model-type", "unet",
                                      "--accelerator", "cpu", "--num_workers", "0"],
          ["dynamic_unet model", "--model-type dynamic_unet"]),
+        ("resume with other pools", data + common + ["--num_pool_layers", "3"],
+         [f"checkpoint {run_dir / 'checkpoints' / 'last.ckpt'} has num_pool_layers=2 but "
+          "--num_pool_layers is 3; pass --num_pool_layers 2 to resume it, or a new "
+          "--default_root_dir"]),
+        ("resume with other chans and pools", data + common + [
+            "--ckpt_path", str(run_dir / "checkpoints" / "last.ckpt"), "--chans", "8",
+            "--num_pool_layers", "1"],
+         ["has chans=4, num_pool_layers=2 but --chans is 8, --num_pool_layers is 1; "
+          "pass --chans 4 --num_pool_layers 2"]),
+        ("resume a fixed U-Net with other chans", data + unet_args + [
+            "--ckpt_path", str(unet_ckpt), "--chans", "8", "--num_pool_layers", "2"],
+         ["unet.ckpt has chans=4 but --chans is 8"]),
+        ("test with the other model type", data + unet_args + [
+            "--mode", "test", "--default_root_dir", str(run_dir)],
+         ["holds a dynamic_unet model but --model-type is unet; "
+          "pass --model-type dynamic_unet to test it"]),
         ("bad precision", data + common + ["--precision", "17"],
          ["invalid trainer option", "17"]),
         ("both sample rates", data + common + ["--sample_rate", "0.5",

@@ -383,7 +383,8 @@ class DynamicUnetModule(UnetModule):
         flag("max_growth_steps", type=optional_int, help="Cap on growth events (default: none)")
         flag("max_width", type=optional_int, help="Cap on the filters of any conv (default: none)")
         flag("split_noise", type=optional_float,
-             help="split: relative fan-in noise (0: exact, fan-out asymmetry breaks symmetry)")
+             help="split: relative fan-in noise (0: exact, fan-out asymmetry breaks "
+                  "symmetry; default: 1e-3)")
         flag("new_filter_lr_scale", type=float,
              help="Learning-rate scale of new weights during the epoch they were added in")
         flag("reset_optimizer", action="store_true",

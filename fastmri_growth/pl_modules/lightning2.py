@@ -338,6 +338,10 @@ class UnetModule(Lightning2MriMixin, fastmri_pl.UnetModule):
         """
         parser = fastmri_pl.UnetModule.add_model_specific_args(parent_parser)
         parser.set_defaults(chans=32)
+        for action in parser._actions:
+            if action.dest == "out_chans":
+                # fastMRI's help says "chanenls".
+                action.help = "Number of U-Net output channels"
         return parser
 
 
