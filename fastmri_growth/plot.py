@@ -50,24 +50,26 @@ def _pyplot():
 # ---------------------------------------------------------------- curves
 
 
-def find_metrics_csv(log_dir_or_csv) -> Path:
-    """Locate the CSVLogger file of a run.
+def find_metrics_csvs(log_dir_or_csv) -> List[Path]:
+    """Locate the CSVLogger files of a run, oldest first.
+
+    A resumed run writes a new ``csv_logs/version_N`` per invocation, each
+    holding only the epochs it trained; together they are the run.
 
     Args:
-        log_dir_or_csv: A ``metrics.csv`` file, or a run folder: the
-            highest ``csv_logs/version_N/metrics.csv`` below it is used (any
-            ``metrics.csv`` below it, newest first, when there is no
-            ``csv_logs`` folder).
+        log_dir_or_csv: A ``metrics.csv`` file, or a run folder: every
+            ``csv_logs/version_N/metrics.csv`` below it, by ``N`` (or, when
+            there is no ``csv_logs`` folder, the newest ``metrics.csv`` below it).
 
     Returns:
-        The path of ``metrics.csv``.
+        The ``metrics.csv`` paths in version order.
 
     Raises:
         PlotError: the path does not exist or holds no ``metrics.csv``.
     """
     path = Path(log_dir_or_csv)
     if path.is_file():
-        return path
+        return [path]
     if not path.is_dir():
         raise PlotError(f"log dir {path} does not exist; pass a run folder or a metrics.csv")
 
@@ -77,14 +79,53 @@ def find_metrics_csv(log_dir_or_csv) -> Path:
 
     found = [p for p in path.glob("**/csv_logs/version_*/metrics.csv") if p.is_file()]
     if found:
-        return max(found, key=lambda p: (version(p), p.stat().st_mtime))
+        return sorted(found, key=lambda p: (version(p), p.stat().st_mtime))
     found = [p for p in path.glob("**/metrics.csv") if p.is_file()]
     if found:
-        return max(found, key=lambda p: p.stat().st_mtime)
+        return [max(found, key=lambda p: p.stat().st_mtime)]
     raise PlotError(
         f"no metrics.csv under {path}; pass the run's --default_root_dir "
         "(it holds csv_logs/version_N/metrics.csv) or the csv file itself"
     )
+
+
+def find_metrics_csv(log_dir_or_csv) -> Path:
+    """The newest CSVLogger file of a run (the last of :func:`find_metrics_csvs`)."""
+    return find_metrics_csvs(log_dir_or_csv)[-1]
+
+
+def read_run_metrics(csv_paths: Sequence) -> Dict[str, Dict[int, float]]:
+    """Per-epoch values of a run logged over several CSVLogger versions.
+
+    Args:
+        csv_paths: ``metrics.csv`` files, oldest first.
+
+    Returns:
+        ``{column: {epoch: value}}``; an epoch logged by a later file
+        replaces that epoch of earlier files in every column (a resumed run
+        re-trains the epoch after its checkpoint).
+
+    Raises:
+        PlotError: no file holds a row (the last file's problem).
+    """
+    merged: Dict[str, Dict[int, float]] = {}
+    error: Optional[PlotError] = None
+    for csv_path in csv_paths:
+        try:
+            data = read_epoch_metrics(csv_path)
+        except PlotError as err:
+            # A version that logged nothing (a run stopped at once) adds nothing.
+            error = err
+            continue
+        redone = {e for values in data.values() for e in values}
+        for values in merged.values():
+            for e in redone & set(values):
+                del values[e]
+        for col, values in data.items():
+            merged.setdefault(col, {}).update(values)
+    if not merged and error is not None:
+        raise error
+    return merged
 
 
 def read_epoch_metrics(csv_path) -> Dict[str, Dict[int, float]]:
@@ -136,13 +177,23 @@ def growth_epochs(size: Dict[int, float]) -> List[int]:
 
 @dataclass
 class CurvesResult:
-    """What ``plot_curves`` drew: the file, the columns found and missing, growth epochs."""
+    """What ``plot_curves`` drew.
+
+    Attributes:
+        out: The PNG written.
+        csv_path: The newest ``metrics.csv`` read.
+        plotted: Columns found.
+        missing: Columns wanted but absent.
+        growth_epochs: Epochs at which the network size changed.
+        csv_paths: Every ``metrics.csv`` read, oldest first.
+    """
 
     out: Path
     csv_path: Path
     plotted: List[str]
     missing: List[str]
     growth_epochs: List[int]
+    csv_paths: List[Path]
 
 
 def plot_curves(log_dir_or_csv, out) -> CurvesResult:
@@ -154,8 +205,8 @@ def plot_curves(log_dir_or_csv, out) -> CurvesResult:
     where the size changed. Missing columns are skipped and reported.
 
     Args:
-        log_dir_or_csv: A run folder or a ``metrics.csv`` (see
-            ``find_metrics_csv``).
+        log_dir_or_csv: A run folder (all its ``csv_logs`` versions, see
+            ``find_metrics_csvs``) or a ``metrics.csv``.
         out: The PNG to write.
 
     Returns:
@@ -164,8 +215,9 @@ def plot_curves(log_dir_or_csv, out) -> CurvesResult:
     Raises:
         PlotError: no csv, or none of the four columns has a value.
     """
-    csv_path = find_metrics_csv(log_dir_or_csv)
-    data = read_epoch_metrics(csv_path)
+    csv_paths = find_metrics_csvs(log_dir_or_csv)
+    csv_path = csv_paths[-1]
+    data = read_run_metrics(csv_paths)
     wanted = SIZE_COLUMNS + METRIC_COLUMNS
     present = [c for c in wanted if data.get(c)]
     missing = [c for c in wanted if c not in present]
@@ -178,6 +230,8 @@ def plot_curves(log_dir_or_csv, out) -> CurvesResult:
     events = growth_epochs(data[size_col]) if size_col else []
 
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     panels = [cols for cols in (SIZE_COLUMNS, METRIC_COLUMNS) if any(c in present for c in cols)]
     fig, axes = plt.subplots(len(panels), 1, figsize=(8, 3.2 * len(panels)), sharex=True, squeeze=False)
     colors = ("tab:blue", "tab:orange")
@@ -195,9 +249,12 @@ def plot_curves(log_dir_or_csv, out) -> CurvesResult:
             target_ax.tick_params(axis="y", colors=colors[i])
         for e in events:
             left.axvline(e, color="gray", ls="--", lw=0.8)
+        left.xaxis.set_major_locator(MaxNLocator(integer=True))
         left.grid(alpha=0.3)
+    versions = csv_path.parent.name if len(csv_paths) == 1 else (
+        f"{csv_paths[0].parent.name}..{csv_path.parent.name}")
     axes[0, 0].set_title(
-        f"{csv_path.parent.name}: {len(events)} growth event(s)"
+        f"{versions}: {len(events)} growth event(s)"
         + (f" at epochs {', '.join(map(str, events))}" if events else "")
     )
     axes[-1, 0].set_xlabel("epoch")
@@ -208,7 +265,7 @@ def plot_curves(log_dir_or_csv, out) -> CurvesResult:
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100)
     plt.close(fig)
-    return CurvesResult(out, csv_path, present, missing, events)
+    return CurvesResult(out, csv_path, present, missing, events, csv_paths)
 
 
 # ------------------------------------------------------------------ grid

@@ -49,6 +49,9 @@ def test_curves_from_newest_csv_marks_growth(tmp_path, capsys):
     assert data["network/params"] == {0: 1000.0, 1: 1200.0, 2: 1200.0, 3: 1500.0}
     assert data["val_metrics/psnr"] == {0: 20.0, 1: 21.0, 2: 22.0, 3: 23.0}
     assert data["train_loss"] == {0: 0.5}
+    # Both versions are read, version_10 last: its epoch 0 replaces version_2's.
+    joined = plot.read_run_metrics(plot.find_metrics_csvs(run))
+    assert joined["val_metrics/ssim"] == {0: 0.5, 1: 0.55, 2: 0.6, 3: 0.62}
 
     result = plot.plot_curves(run, tmp_path / "out" / "curves.png")
     assert result.growth_epochs == [1, 3]
@@ -59,6 +62,31 @@ def test_curves_from_newest_csv_marks_growth(tmp_path, capsys):
     captured = capsys.readouterr()
     assert captured.out.strip() == str(tmp_path / "c2.png")
     assert captured.err == ""
+
+
+def test_curves_of_a_resumed_run_join_every_version(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    first = ("epoch,network/params,step,val_metrics/ssim\n"
+             "0,100,0,\n0,,1,0.3\n1,100,2,\n1,,3,0.35\n")
+    # Resumed from epoch 0's checkpoint: epoch 1 ran again, then 2 and 3.
+    second = ("epoch,network/params,step,val_metrics/ssim\n"
+              "1,120,2,\n1,,3,0.4\n2,120,4,\n2,,5,0.45\n3,150,6,\n3,,7,0.5\n")
+    run = _run_dir(tmp_path, {0: first, 1: second, 11: "epoch,step\n"})
+    paths = plot.find_metrics_csvs(run)
+    assert [p.parent.name for p in paths] == ["version_0", "version_1", "version_11"]
+    data = plot.read_run_metrics(paths)
+    assert data["network/params"] == {0: 100.0, 1: 120.0, 2: 120.0, 3: 150.0}
+    assert data["val_metrics/ssim"] == {0: 0.3, 1: 0.4, 2: 0.45, 3: 0.5}
+
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    result = plot.plot_curves(run, tmp_path / "c.png")
+    assert result.growth_epochs == [1, 3]
+    assert result.csv_paths == paths and result.csv_path == paths[-1]
+    ticks = figures[0].axes[0].get_xticks()
+    assert len(ticks) > 1 and all(float(t).is_integer() for t in ticks), ticks
+    figures[0].clf()
 
 
 def test_curves_with_missing_columns(tmp_path, capsys):
