@@ -368,46 +368,87 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except ``None`` and off switches (their help says the fallback)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or action.default is False or action.required:
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
+def flag(name: str) -> List[str]:
+    """Both spellings of a multi-word option, as ``fastmri-growth-train`` takes them.
+
+    Args:
+        name: The hyphenated spelling, e.g. ``"--data-path"``.
+
+    Returns:
+        ``["--data-path", "--data_path"]`` (one entry for one-word options).
+    """
+    under = "--" + name[2:].replace("-", "_")
+    return [name] if under == name else [name, under]
+
+
 def _add_compare_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--target-path", type=Path, required=True, help="folder of target files")
-    p.add_argument(
-        "--predictions-path", type=Path, required=True, help="folder of reconstruction files"
-    )
-    p.add_argument("--challenge", choices=CHALLENGES, required=True)
-    p.add_argument("--acceleration", type=int, default=None, help="keep targets with this attr")
-    p.add_argument("--acquisition", choices=ACQUISITIONS, default=None)
-    p.add_argument("--per-volume", action="store_true", help="also print every volume")
+    p.add_argument(*flag("--target-path"), type=Path, required=True,
+                   help="folder of target files")
+    p.add_argument(*flag("--predictions-path"), type=Path, required=True,
+                   help="folder of reconstruction files")
+    p.add_argument("--challenge", choices=CHALLENGES, required=True,
+                   help="selects the target dataset (reconstruction_esc or reconstruction_rss)")
+    p.add_argument("--acceleration", type=int, default=None,
+                   help="keep targets with this acceleration attribute; default: all")
+    p.add_argument("--acquisition", choices=ACQUISITIONS, default=None,
+                   help="keep targets with this acquisition attribute; default: all")
+    p.add_argument(*flag("--per-volume"), action="store_true", help="also print every volume")
     p.add_argument("--json", type=Path, default=None, help="write the metrics as JSON here")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``fastmri-growth-eval`` argument parser."""
+    """The ``fastmri-growth-eval`` argument parser.
+
+    Multi-word options take the hyphen and the underscore spelling
+    (``--data-path`` / ``--data_path``).
+    """
     parser = _Parser(
         prog="fastmri-growth-eval",
         description="fastMRI evaluation: compare folders, check a submission, "
         "or run leaderboard-style validation of a checkpoint. Without a "
         "subcommand, 'compare' is assumed.",
+        formatter_class=HelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
     _add_compare_args(
-        sub.add_parser("compare", help="metrics of reconstructions against targets")
+        sub.add_parser("compare", help="metrics of reconstructions against targets",
+                       formatter_class=HelpFormatter)
     )
-    p = sub.add_parser("check-submission", help="check test/challenge submission files")
-    p.add_argument("--predictions-path", type=Path, required=True)
-    p.add_argument("--data-path", type=Path, required=True, help="the test or challenge split")
-    p = sub.add_parser("leaderboard", help="fixed-mask 4x/8x validation of a checkpoint")
-    p.add_argument("--checkpoint", type=Path, required=True)
-    p.add_argument("--data-path", type=Path, required=True, help="val split folder (or its root)")
-    p.add_argument("--challenge", choices=CHALLENGES, required=True)
+    p = sub.add_parser("check-submission", help="check test/challenge submission files",
+                       formatter_class=HelpFormatter)
+    p.add_argument(*flag("--predictions-path"), type=Path, required=True,
+                   help="folder of submission files (one reconstruction file per input volume)")
+    p.add_argument(*flag("--data-path"), type=Path, required=True,
+                   help="the test or challenge split")
+    p = sub.add_parser("leaderboard", help="fixed-mask 4x/8x validation of a checkpoint",
+                       formatter_class=HelpFormatter)
+    p.add_argument("--checkpoint", type=Path, required=True,
+                   help="Lightning checkpoint of a UnetModule or DynamicUnetModule")
+    p.add_argument(*flag("--data-path"), type=Path, required=True,
+                   help="val split folder (or its root)")
+    p.add_argument("--challenge", choices=CHALLENGES, required=True,
+                   help="singlecoil or multicoil, as the data")
     p.add_argument("--out", type=Path, required=True, help="folder for <accel>x/ reconstructions")
-    p.add_argument("--mask-type", choices=MASK_TYPES, default=None,
+    p.add_argument(*flag("--mask-type"), choices=MASK_TYPES, default=None,
                    help="default: random for knee, equispaced for brain")
-    p.add_argument("--accelerations", type=int, nargs="+", default=[4, 8])
-    p.add_argument("--center-fractions", type=float, nargs="+", default=[0.08, 0.04])
-    p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--num-workers", type=int, default=0)
-    p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--accelerations", type=int, nargs="+", default=[4, 8],
+                   help="one fixed-mask evaluation per acceleration")
+    p.add_argument(*flag("--center-fractions"), type=float, nargs="+", default=[0.08, 0.04],
+                   help="centre fraction of each acceleration's mask")
+    p.add_argument(*flag("--batch-size"), type=int, default=1, help="slices per forward pass")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    p.add_argument(*flag("--num-workers"), type=int, default=0,
+                   help="data loader worker processes")
+    p.add_argument("--json", type=Path, default=None, help="write the metrics as JSON here")
     return parser
 
 

@@ -511,23 +511,37 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``fastmri-growth-plot`` argument parser."""
-    parser = _Parser(prog="fastmri-growth-plot", description=__doc__.split("\n\n")[0])
+    """The ``fastmri-growth-plot`` argument parser.
+
+    Multi-word options take the hyphen and the underscore spelling
+    (``--log-dir`` / ``--log_dir``).
+    """
+    from fastmri_growth.evaluate import HelpFormatter, flag
+
+    parser = _Parser(prog="fastmri-growth-plot", description=__doc__.split("\n\n")[0],
+                     formatter_class=HelpFormatter)
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
-    p = sub.add_parser("curves", help="network size and val SSIM/PSNR against epoch")
-    p.add_argument("--log-dir", type=Path, required=True, help="run folder or metrics.csv")
+    p = sub.add_parser("curves", help="network size and val SSIM/PSNR against epoch",
+                       formatter_class=HelpFormatter)
+    p.add_argument(*flag("--log-dir"), type=Path, required=True,
+                   help="run folder (every csv_logs/version_N is read) or a metrics.csv")
     p.add_argument("--out", type=Path, required=True, help="PNG to write")
-    p = sub.add_parser("grid", help="input / reconstruction / target / |error| per slice")
-    p.add_argument("--reconstructions", type=Path, required=True)
-    p.add_argument("--data-path", type=Path, required=True, help="split the reconstructions come from")
-    p.add_argument("--challenge", choices=("singlecoil", "multicoil"), required=True)
+    p = sub.add_parser("grid", help="input / reconstruction / target / |error| per slice",
+                       formatter_class=HelpFormatter)
+    p.add_argument("--reconstructions", type=Path, required=True,
+                   help="folder of reconstruction files")
+    p.add_argument(*flag("--data-path"), type=Path, required=True,
+                   help="split the reconstructions come from")
+    p.add_argument("--challenge", choices=("singlecoil", "multicoil"), required=True,
+                   help="singlecoil or multicoil, as the data")
     p.add_argument("--out", type=Path, required=True, help="PNG to write")
-    p.add_argument("--mask-type", choices=MASK_TYPES, default=None,
+    p.add_argument(*flag("--mask-type"), choices=MASK_TYPES, default=None,
                    help="default: random for knee, equispaced for brain")
-    p.add_argument("--acceleration", type=int, default=4)
-    p.add_argument("--center-fraction", type=float, default=None,
+    p.add_argument("--acceleration", type=int, default=4,
+                   help="under-sampling factor of the input column's fixed mask")
+    p.add_argument(*flag("--center-fraction"), type=float, default=None,
                    help="default: 0.08 for 4x, 0.04 for 8x")
-    p.add_argument("--num-slices", type=int, default=4)
+    p.add_argument(*flag("--num-slices"), type=int, default=4, help="rows of the grid")
     return parser
 
 

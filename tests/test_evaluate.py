@@ -324,3 +324,42 @@ def test_leaderboard_validation_plain_module(synthetic_root, tmp_path):
         leaderboard_validation(torch.nn.Identity(), synthetic_root / "knee", "singlecoil",
                                tmp_path / "z", accelerations=(4, 8), center_fractions=(0.08,))
     assert not (tmp_path / "z").exists()
+
+
+def test_every_multi_word_flag_takes_both_spellings_and_help_shows_defaults(capsys):
+    from fastmri_growth import plot
+
+    cases = [
+        (ev.build_parser(), ["compare", "--target_path", "t", "--predictions_path", "p",
+                                   "--challenge", "singlecoil", "--per_volume"]),
+        (ev.build_parser(), ["check-submission", "--predictions_path", "p",
+                                   "--data_path", "d"]),
+        (ev.build_parser(), ["leaderboard", "--checkpoint", "c", "--data_path", "d",
+                                   "--challenge", "multicoil", "--out", "o", "--mask_type",
+                                   "equispaced", "--center_fractions", "0.08", "--batch_size",
+                                   "3", "--num_workers", "2"]),
+        (plot.build_parser(), ["curves", "--log_dir", "r", "--out", "c.png"]),
+        (plot.build_parser(), ["grid", "--reconstructions", "r", "--data_path", "d",
+                               "--challenge", "singlecoil", "--out", "g.png", "--mask_type",
+                               "random", "--center_fraction", "0.04", "--num_slices", "2"]),
+    ]
+    for parser, argv in cases:
+        under = vars(parser.parse_args(argv))
+        hyphen = vars(parser.parse_args([a.replace("_", "-") if a.startswith("--") else a
+                                         for a in argv]))
+        assert under == hyphen, argv
+    args = cases[2][0].parse_args(cases[2][1])
+    assert (args.data_path, args.mask_type, args.center_fractions, args.batch_size,
+            args.num_workers) == (Path("d"), "equispaced", [0.08], 3, 2)
+
+    for parser, sub in ((ev.build_parser(), "leaderboard"), (plot.build_parser(), "grid")):
+        with pytest.raises(SystemExit):
+            parser.parse_args([sub, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        if sub == "leaderboard":
+            for expected in ("(default: [4, 8])", "(default: [0.08, 0.04])",
+                             "slices per forward pass (default: 1)", "(default: cpu)",
+                             "data loader worker processes (default: 0)", "--data_path"):
+                assert expected in text, expected
+        else:
+            assert "fixed mask (default: 4)" in text and "rows of the grid (default: 4)" in text
