@@ -769,7 +769,9 @@ def test_report_fields_and_parameter_count(lid, ci, n_new):
     assert report.params_before == params_before
     assert report.params_after == model.num_parameters()
     assert report.params_after - report.params_before == expected_added
-    assert isinstance(report.seconds, float) and report.seconds > 0
+    # The report records how long the growth took (a field check, not a timing limit).
+    took = report.seconds
+    assert isinstance(took, float) and took > 0
 
     width = size_before[lid][f"conv{ci + 1}_out"]
     if n_new > width:
