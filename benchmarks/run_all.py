@@ -141,7 +141,7 @@ def render(results: Dict[str, dict], quick: bool) -> str:
                   f"took {rec['seconds']:.0f} s.", "",
                   table_of(name, rec["result"]), ""]
         if name == "quality" and not quick:
-            parts += [f"![val SSIM against parameters and training cost]({PLOT.name})", ""]
+            parts += [f"![val object SSIM against parameters and training cost]({PLOT.name})", ""]
     parts.append(END)
     return "\n".join(parts)
 

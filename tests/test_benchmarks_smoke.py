@@ -8,6 +8,9 @@ timing is asserted.
 
 import json
 
+import numpy as np
+import pytest
+
 from benchmarks import growth_cost, overhead, quality, run_all, training
 
 TINY_DATA = {"train": 1, "val": 1, "num_slices": 2, "recon_size": 32}
@@ -80,16 +83,21 @@ def test_training_and_quality_structure(tmp_path):
     assert grown["growth_flops"] > 0 and small["growth_flops"] == 0
     for r in q["runs"]:
         assert set(r["metrics"]) == {"4x", "8x"}
-        assert set(r["metrics"]["4x"]) == {"SSIM", "PSNR", "NMSE"}
+        assert set(r["metrics"]["4x"]) == set(quality.METRICS)
         assert 0 < r["metrics"]["4x"]["SSIM"] <= 1
+        assert 0 < r["metrics"]["4x"]["SSIM_object"] <= 1
     assert png.is_file() and png.read_bytes()[:4] == b"\x89PNG"
     agg = q["aggregate"]
     assert set(agg["per_config"]) == {"grown_sample_select", "fixed_small", "fixed_large"}
     assert "grown_sample_select - fixed_small: PSNR 8x" in agg["paired_differences"]
+    diff = agg["paired_differences"]["grown_sample_select - fixed_small: SSIM_object 4x"]
+    assert diff["n"] == 1 and diff["positive"] == int(diff["min"] > 0)
     assert set(q["zero_filled"]) == {"4x", "8x"}
     json.dumps(q)  # JSON-serialisable as run_all writes it
     text = quality.table(q)
     assert "| fixed large (grown widths) |" in text and "| zero-filled input (no network) |" in text
+    assert "| object SSIM 4x |" in text
+    assert f"| {diff['positive']} of 1 |" in text
 
     machine = {"date": "d", "cpu_count": 2, "processor": "p", "torch": "t", "torch_threads": 1,
                "cuda": None, "load_average": [1.0, 1.0, 1.0]}
@@ -101,3 +109,35 @@ def test_training_and_quality_structure(tmp_path):
     text = readme.read_text()
     assert "old" not in text and "before" in text and "after" in text
     assert "### 4. Quality study" in text and text.count(run_all.BEGIN) == 1
+
+
+def _write_volume(path, key, image):
+    import h5py
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(path, "w") as hf:
+        hf.create_dataset(key, data=image[None].astype(np.float32))
+
+
+def test_object_ssim_ignores_background_offset(tmp_path):
+    from skimage.metrics import structural_similarity
+
+    # Object (1.0) on a background at 1% of the max, as in the synthetic data.
+    yy, xx = np.mgrid[:32, :32]
+    target = np.where((yy - 16) ** 2 + (xx - 16) ** 2 < 81, 1.0, 0.01)
+    obj = target > 0.1
+    _write_volume(tmp_path / "val" / "f.h5", "reconstruction_esc", target)
+    whole, objects = {}, {}
+    for offset in (-0.02, 0.02):
+        pred = np.where(obj, target, target + offset)
+        _write_volume(tmp_path / str(offset) / "f.h5", "reconstruction", pred)
+        m = quality.object_metrics(tmp_path / str(offset), tmp_path / "val")
+        assert m["background_offset"] == pytest.approx(offset, abs=1e-6)
+        objects[offset] = m["SSIM_object"]
+        whole[offset] = structural_similarity(target, pred, data_range=1.0)
+    # A background 2% of max below the target (i.e. negative) makes SSIM's
+    # luminance term negative there; the same offset above the target costs
+    # far less. Over the object the two agree.
+    assert whole[0.02] - whole[-0.02] > 0.25
+    assert objects[-0.02] == pytest.approx(objects[0.02], abs=0.05)
+    assert objects[-0.02] > 0.99
