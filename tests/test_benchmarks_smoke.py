@@ -66,7 +66,9 @@ def test_training_and_quality_structure(tmp_path):
     assert [e["epoch"] for e in res["epochs"]] == [0, 1, 2]
     assert [e["grew"] for e in res["epochs"]] == [False, False, True]
     assert res["epochs"][2]["params_growth"] > res["epochs"][2]["params_no_growth"]
-    assert res["epochs"][2]["growth_step_seconds"] > 0
+    # The growth step's duration is recorded (a field check, not a timing limit).
+    growth_step = res["epochs"][2]["growth_step_seconds"]
+    assert growth_step > 0
     assert all(e["batches"] == 2 for e in res["epochs"])
     assert "| 2 | yes |" in training.table(res)
 
