@@ -5,7 +5,8 @@ The module holds a :class:`~fastmri_growth.models.DynamicUnet` as
 L1 loss, validation/test outputs, RMSprop + StepLR). Growth happens at the
 first training batch of the epochs the schedule selects:
 
-* on a training batch (the one about to be trained on), with dropout off;
+* on a training batch (the epoch's first, about to be trained on), with
+  dropout off;
 * before that epoch's checkpoint, so the checkpoint holds the grown model
   (ModelCheckpoint saves in ``on_validation_end``);
 * idempotently: the schedule records which epochs grew, so a resumed run
@@ -186,9 +187,9 @@ class DynamicUnetModule(UnetModule):
                  on_step=False, on_epoch=True, sync_dist=True)
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        # Normally batch 0; after a resume from a mid-epoch checkpoint, the
+        # first batch this process sees (the schedule remembers grown epochs).
         epoch = self.trainer.current_epoch
-        if batch_idx != 0:
-            return
         sites = self.schedule.sites_for_epoch(epoch)
         if sites:
             self.grow(sites, batch, epoch)
