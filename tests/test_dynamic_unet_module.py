@@ -678,3 +678,15 @@ def test_compiled_unet_keeps_compiling_after_growth(knee, monkeypatch):
     assert frames.get("ok", 0) == frames.get("total", 0) > 0
     with torch.no_grad():
         torch.testing.assert_close(compiled.detach(), module.unet.forward(image))
+
+
+@pytest.mark.parametrize("precision", ["bf16-mixed", "bf16-true"])
+def test_growth_and_validation_under_bfloat16(knee, tmp_path, precision):
+    """Growth scores in the weights' dtype; validation metrics survive half precision."""
+    module = DynamicUnetModule(**SMALL)
+    trainer = make_trainer(tmp_path, 2, precision=precision)
+    trainer.fit(module, loader(knee, "train"), loader(knee, "val"))
+    assert module.schedule.state["grown_epochs"] == [1]
+    assert module.unet.get_network_size()["down_0"]["conv2_out"] == SMALL["chans"] + 1
+    for key in ("validation_loss", "val_metrics/ssim", "val_metrics/psnr", "val_metrics/nmse"):
+        assert torch.isfinite(trainer.callback_metrics[key]), key

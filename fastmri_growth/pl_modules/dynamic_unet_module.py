@@ -212,8 +212,11 @@ class DynamicUnetModule(UnetModule):
         Returns:
             The growth reports.
         """
-        image = batch.image.unsqueeze(1)
-        target = batch.target.unsqueeze(1)
+        # With a "true" half-precision plugin the weights are half while the
+        # hook sees the loader's float32 batch: score in the weights' dtype.
+        dtype = next(self.unet.parameters()).dtype
+        image = batch.image.unsqueeze(1).to(dtype)
+        target = batch.target.unsqueeze(1).to(dtype)
         generator = torch.Generator().manual_seed(self.growth_seed * 1_000_003 + epoch)
         reports, changes = [], []
         for layer, conv_idx in sites:

@@ -200,7 +200,11 @@ class Lightning2MriMixin:
             self.val_log_indices = list(
                 np.random.permutation(self._first_val_loader_length())[: self.num_log_images]
             )
-        self._collected("validation").append(MriModule.validation_step_end(self, dict(outputs)))
+        # fastMRI computes the metrics in numpy, which has no bfloat16: with a
+        # "true" half-precision plugin the outputs arrive in half precision.
+        outputs = {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v
+                   for k, v in outputs.items()}
+        self._collected("validation").append(MriModule.validation_step_end(self, outputs))
 
     def on_validation_epoch_end(self) -> None:
         """Aggregates per volume, reduces across processes, logs, frees."""
@@ -254,7 +258,7 @@ class Lightning2MriMixin:
         output = outputs["output"]
         if isinstance(output, torch.Tensor):
             # Keeping device tensors for the whole test set would hold GPU memory.
-            output = output.detach().cpu().numpy()
+            output = output.detach().float().cpu().numpy()
         self._collected("test").append({**outputs, "output": output})
 
     def on_test_epoch_end(self) -> None:
