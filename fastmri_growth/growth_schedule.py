@@ -1,8 +1,8 @@
 """When and where to grow: site lists and growth schedules.
 
-Pure Python (no torch, no Lightning), so the CLI can validate flags before
-anything is built. A schedule answers "which sites grow at the start of
-epoch e?" from the epoch and a small state that is saved in checkpoints, so
+No Lightning, so the CLI can validate flags before anything is built. A
+schedule answers "which sites grow in epoch e (at its first training
+batch)?" from the epoch and a small state that is saved in checkpoints, so
 growth is idempotent and a resumed run takes the same decisions as an
 uninterrupted one.
 """
@@ -33,10 +33,11 @@ def parse_sites(entries: Optional[Iterable[str]], num_pool_layers: int) -> List[
             ones.
     """
     valid = layer_ids(num_pool_layers)
-    if entries is None or (not isinstance(entries, str) and len(list(entries)) == 0):
-        return [(lid, c) for lid in valid for c in (0, 1)]
     if isinstance(entries, str):
         entries = entries.replace(",", " ").split()
+    entries = [] if entries is None else list(entries)  # also consumes a generator once
+    if not entries:
+        return [(lid, c) for lid in valid for c in (0, 1)]
     sites: List[Site] = []
     for entry in entries:
         entry = str(entry).strip()
@@ -154,7 +155,12 @@ class GrowthSchedule:
         return len(self.state["grown_epochs"])
 
     def observe_validation(self, epoch: int, loss: float) -> None:
-        """Record the validation loss measured at the end of ``epoch``."""
+        """Record the validation loss measured at the end of ``epoch``.
+
+        Args:
+            epoch: The epoch that validated (each epoch counts once).
+            loss: Its ``validation_loss``.
+        """
         if epoch in self.state["observed_epochs"]:
             return
         self.state["observed_epochs"].append(epoch)
@@ -166,11 +172,20 @@ class GrowthSchedule:
             self.state["bad_epochs"] += 1
 
     def sites_for_epoch(self, epoch: int) -> List[Site]:
-        """Sites to grow at the start of ``epoch`` (empty: no growth).
+        """Sites to grow in ``epoch`` (empty: no growth).
 
-        Idempotent: an epoch that already grew returns nothing.
+        Idempotent: an epoch that already grew returns nothing. The explicit
+        epochs of a progressive schedule are not subject to ``start_epoch``.
+
+        Args:
+            epoch: The epoch being trained.
+
+        Returns:
+            ``[(layer_id, conv_idx), ...]``.
         """
-        if epoch in self.state["grown_epochs"] or epoch < self.start_epoch:
+        if epoch in self.state["grown_epochs"]:
+            return []
+        if self.kind != "progressive" and epoch < self.start_epoch:
             return []
         if self.max_events is not None and self.events >= self.max_events:
             return []
@@ -182,7 +197,11 @@ class GrowthSchedule:
         return list(self.progressive.get(epoch, []))
 
     def mark_grown(self, epoch: int) -> None:
-        """Record a growth event at ``epoch``."""
+        """Record a growth event at ``epoch`` (a plateau starts anew).
+
+        Args:
+            epoch: The epoch that grew.
+        """
         if epoch not in self.state["grown_epochs"]:
             self.state["grown_epochs"].append(epoch)
         if self.kind == "plateau":

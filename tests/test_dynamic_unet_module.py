@@ -690,3 +690,43 @@ def test_growth_and_validation_under_bfloat16(knee, tmp_path, precision):
     assert module.unet.get_network_size()["down_0"]["conv2_out"] == SMALL["chans"] + 1
     for key in ("validation_loss", "val_metrics/ssim", "val_metrics/psnr", "val_metrics/nmse"):
         assert torch.isfinite(trainer.callback_metrics[key]), key
+
+
+def test_new_filter_lr_scale_covers_a_weight_grown_twice_in_one_event(knee, tmp_path):
+    """down_0's conv2 gets an input column (conv1 grew) and an output row (conv2 grew)."""
+    options = dict(SMALL, layers_to_grow=["down_0"])
+    module = NewWeightProbe(**options, new_filter_lr_scale=0.0, max_growth_steps=1)
+    trainer = make_trainer(tmp_path, 2, limit_train_batches=2, limit_val_batches=0)
+    trainer.fit(module, loader(knee, "train"))
+    assert module.schedule.state["grown_epochs"] == [1]
+    name = "unet.down_sample_layers.0.layers.4.weight"
+    old, grown, end = module.before_growth[name], module.after_growth[name], module.epoch_end[1][name]
+    assert grown.shape == (old.shape[0] + 1, old.shape[1] + 1, 3, 3)
+    torch.testing.assert_close(end[-1:], grown[-1:], rtol=0, atol=0)  # new output filter
+    torch.testing.assert_close(end[:, -1:], grown[:, -1:], rtol=0, atol=0)  # new input column
+    assert not torch.equal(end[:-1, :-1], grown[:-1, :-1])  # old entries trained
+
+
+def test_plateau_counts_only_epochs_that_validated(knee, tmp_path):
+    """With validation every 2nd epoch (lr=0: never improving), patience 2 is
+    reached at the third validation (epoch 5), so growth happens in epoch 6,
+    not earlier through the stale validation_loss of skipped epochs."""
+    options = dict(SMALL, growth_schedule="plateau", plateau_patience=2, lr=0.0)
+    module = DynamicUnetModule(**options)
+    trainer = make_trainer(tmp_path, 7, limit_train_batches=1, limit_val_batches=1,
+                           check_val_every_n_epoch=2)
+    trainer.fit(module, loader(knee, "train"), loader(knee, "val"))
+    assert module.schedule.state["observed_epochs"] == [1, 3, 5]
+    assert module.schedule.state["grown_epochs"] == [6]
+
+
+def test_progressive_epochs_are_not_subject_to_growth_start_epoch():
+    from fastmri_growth.growth_schedule import GrowthSchedule, parse_progressive, parse_sites
+
+    schedule = GrowthSchedule(kind="progressive", sites=[], start_epoch=1,
+                              progressive=parse_progressive("0:down_0;2:up_1:1", 2))
+    assert schedule.sites_for_epoch(0) == [("down_0", 0), ("down_0", 1)]
+    assert schedule.sites_for_epoch(1) == []
+    assert schedule.sites_for_epoch(2) == [("up_1", 1)]
+    # A generator of entries is read once, not consumed by a length check.
+    assert parse_sites((e for e in ["up_1:1", "down_0:0"]), 2) == [("down_0", 0), ("up_1", 1)]

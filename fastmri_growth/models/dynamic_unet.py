@@ -176,7 +176,15 @@ class DynamicUnet(nn.Module):
         return layer_ids(self.num_pool_layers)
 
     def block(self, layer_id: str) -> ConvBlock:
-        """The ConvBlock of a layer id."""
+        """The ConvBlock of a layer id.
+
+        Args:
+            layer_id: One of :meth:`layer_ids`.
+
+        Returns:
+            The block (for the last up layer, the ConvBlock inside fastMRI's
+            ``Sequential(ConvBlock, Conv2d)``).
+        """
         part, idx = parse_layer_id(layer_id, self.num_pool_layers)
         if part == "down":
             return self.down_sample_layers[idx]
@@ -186,7 +194,15 @@ class DynamicUnet(nn.Module):
         return up[0] if isinstance(up, nn.Sequential) else up
 
     def conv_layer(self, layer_id: str, conv_idx: int) -> nn.Conv2d:
-        """The conv a growth site refers to (``conv_idx`` 0 or 1)."""
+        """The conv a growth site refers to.
+
+        Args:
+            layer_id: One of :meth:`layer_ids`.
+            conv_idx: 0 (first conv) or 1 (second conv).
+
+        Returns:
+            The ``nn.Conv2d``, weight `(C_out, C_in, 3, 3)`.
+        """
         _check_conv_idx(conv_idx)
         return self.block(layer_id).layers[4 * conv_idx]
 
@@ -359,7 +375,15 @@ DynamicUnetModel = DynamicUnet
 
 
 def default_widths(chans: int, num_pool_layers: int) -> Widths:
-    """fastMRI's widths for a given ``chans`` and number of pools."""
+    """fastMRI's widths for a given ``chans`` and number of pools.
+
+    Args:
+        chans: Output channels of the first conv.
+        num_pool_layers: Number of pools P.
+
+    Returns:
+        Widths in :meth:`DynamicUnet.get_network_size` format.
+    """
     P = num_pool_layers
     w = {}
     for i in range(P):

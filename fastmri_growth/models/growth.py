@@ -16,7 +16,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .scoring import collect_statistics, score_candidates
-from .surgery import ParamChange, append_slices, in_dim, zero_fan_out
+from .surgery import ParamChange, add_filters, append_slices, in_dim
 from .topology import conv_name, parse_layer_id
 
 #: Default relative fan-in noise of ``split``: each copy gets +/- this
@@ -83,15 +83,11 @@ class GrowthReport:
         vals = ", ".join(f"{self.scores[i]:.4g}" for i in sel)
         if self.method == "split":
             what = "filter" if len(sel) == 1 else "filters"
-            chosen = f"Split {what} {_fmt(self.selected)} (grad norm {vals})"
+            chosen = f"Split {what} {self.selected} (grad norm {vals})"
         else:
             what = "candidate" if len(sel) == 1 else "candidates"
-            chosen = f"Selected {what} {_fmt(self.selected)} (score {vals})"
+            chosen = f"Selected {what} {self.selected} (score {vals})"
         return f"Growing {self.site}: {chosen}, {before} -> {after} filters"
-
-
-def _fmt(selected) -> str:
-    return str(selected) if not isinstance(selected, list) else "[" + ", ".join(map(str, selected)) + "]"
 
 
 # --------------------------------------------------------------- validation
@@ -109,10 +105,11 @@ def _validate(model, layer_idx, conv_idx, batch, target, n_new, method, split_no
     conv = model.conv_layer(layer_idx, conv_idx)
     device, dtype = conv.weight.device, conv.weight.dtype
     if method == "sample_select":
-        n_cand = model.n_candidates if candidates is None else None
-        if candidates is None and (not isinstance(n_cand, int) or n_cand < 1):
-            raise ValueError(f"n_candidates must be an int >= 1, got {n_cand!r}")
-        if candidates is not None:
+        if candidates is None:
+            n_cand = model.n_candidates
+            if not isinstance(n_cand, int) or isinstance(n_cand, bool) or n_cand < 1:
+                raise ValueError(f"n_candidates must be an int >= 1, got {n_cand!r}")
+        else:
             want = (conv.weight.shape[1], 3, 3)
             if not torch.is_tensor(candidates) or candidates.dim() != 4 or tuple(candidates.shape[1:]) != want:
                 got = tuple(candidates.shape) if torch.is_tensor(candidates) else type(candidates).__name__
@@ -253,7 +250,7 @@ def sample_select(model, layer_idx, conv_idx, batch, target, criterion, n_new,
     if candidates is None:
         candidates = generate_candidates(conv, model.n_candidates, generator)
     candidates = candidates.to(conv.weight)
-    stats = collect_statistics(model, layer_idx, conv_idx, batch, target, criterion)
+    stats = collect_statistics(model, layer_idx, conv_idx, batch, target, criterion, reduce_fn)
     scores = score_candidates(model, layer_idx, conv_idx, candidates, batch, target,
                               criterion, reduce_fn=reduce_fn, stats=stats)
     if not torch.isfinite(scores).all():
@@ -262,10 +259,7 @@ def sample_select(model, layer_idx, conv_idx, batch, target, criterion, n_new,
             f"{conv_name(conv_idx)}; the model is unchanged"
         )
     selected = select_diverse(scores, candidates, n_new)
-    changes = [append_slices(conv, "weight", 0, candidates[selected])]
-    for c in model.consumers(layer_idx, conv_idx):
-        changes.append(append_slices(c.module, "weight", in_dim(c.module),
-                                     zero_fan_out(c.module, n_new)))
+    changes = add_filters(conv, model.consumers(layer_idx, conv_idx), candidates[selected])
     return scores.tolist(), selected, changes, stats.loss
 
 
@@ -305,7 +299,7 @@ def split(model, layer_idx, conv_idx, batch, target, criterion, n_new,
     """
     conv = model.conv_layer(layer_idx, conv_idx)
     if batch is not None:
-        stats = collect_statistics(model, layer_idx, conv_idx, batch, target, criterion)
+        stats = collect_statistics(model, layer_idx, conv_idx, batch, target, criterion, reduce_fn)
         grad, loss = stats.weight_grad, stats.loss
     else:
         grad, loss = conv.weight.grad.detach(), float("nan")

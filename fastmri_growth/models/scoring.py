@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .surgery import append_slices, in_dim, zero_fan_out
+from .surgery import add_filters
 from .topology import Consumer
 
 
@@ -33,7 +33,8 @@ class GrowthStatistics:
 
     Attributes:
         inputs: Input of the grown conv `(N, C_in, H, W)`, detached.
-        deltas: Per consumer, dL/d(consumer conv output), detached.
+        deltas: Per consumer, dL/d(consumer conv output), detached:
+            `(N, C_out, H', W')` at the consumer's resolution.
         consumers: The consumers, in the order of ``deltas``.
         weight_grad: dL/d(grown conv weight) `(C_out, C_in, 3, 3)`.
         loss: The loss value.
@@ -94,6 +95,7 @@ def collect_statistics(
     batch: torch.Tensor,
     target: torch.Tensor,
     criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    reduce_fn: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
 ) -> GrowthStatistics:
     """Run one forward+backward and capture what scoring needs.
 
@@ -108,12 +110,15 @@ def collect_statistics(
         batch: `(N, in_chans, H, W)`.
         target: `(N, out_chans, H, W)` or `(N, H, W)`.
         criterion: ``criterion(output, target) -> scalar``.
+        reduce_fn: Optional DDP mean: the finiteness check is then taken
+            over all ranks, so that every rank aborts or none does (a rank
+            raising alone would leave the others waiting in a collective).
 
     Returns:
         The captured :class:`GrowthStatistics`.
 
     Raises:
-        RuntimeError: If the loss is not finite.
+        RuntimeError: If the loss is not finite (on any rank).
     """
     conv = model.conv_layer(layer_id, conv_idx)
     consumers = model.consumers(layer_id, conv_idx)
@@ -135,10 +140,13 @@ def collect_statistics(
         with _EvalMode(model, params):
             out = model(batch)
             loss = criterion(out, prepare_target(out, target))
-            if not torch.isfinite(loss):
+            bad = (~torch.isfinite(loss.detach())).to(loss.dtype).reshape(1)
+            if reduce_fn is not None:
+                bad = reduce_fn(bad)
+            if bad.item() > 0:
                 raise RuntimeError(
-                    f"Growth aborted: the loss on the scoring batch is {loss.item()}; "
-                    "the model is unchanged"
+                    f"Growth aborted: the loss on the scoring batch is {loss.item()} "
+                    "(on this or another rank); the model is unchanged"
                 )
             grads = torch.autograd.grad(loss, outputs + [conv.weight])
     finally:
@@ -203,7 +211,15 @@ def fan_out_gradients(
 
 
 def scores_from_gradients(grads: List[torch.Tensor]) -> torch.Tensor:
-    """``s_j = sqrt(sum over consumers ||G_jc||^2)``, shape `(K,)`."""
+    """Scores from the fan-out gradients.
+
+    Args:
+        grads: Per consumer, gradients whose dim 0 indexes the K candidates
+            (from :func:`fan_out_gradients`).
+
+    Returns:
+        ``s_j = sqrt(sum over consumers ||G_jc||^2)``, shape `(K,)`.
+    """
     total = sum(g.flatten(1).pow(2).sum(dim=1) for g in grads)
     return total.sqrt()
 
@@ -277,10 +293,8 @@ def brute_force_scores(
         m = copy.deepcopy(model)
         m.eval()
         m.requires_grad_(True)
-        conv = m.conv_layer(layer_id, conv_idx)
-        changes = [append_slices(conv, "weight", 0, candidates[j:j + 1])]
-        for c in m.consumers(layer_id, conv_idx):
-            changes.append(append_slices(c.module, "weight", in_dim(c.module), zero_fan_out(c.module, 1)))
+        changes = add_filters(m.conv_layer(layer_id, conv_idx), m.consumers(layer_id, conv_idx),
+                              candidates[j:j + 1])
         m.sync_attributes()
         out = m(batch)
         loss = criterion(out, prepare_target(out, target))

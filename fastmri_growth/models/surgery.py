@@ -7,7 +7,7 @@ autograd, optimizers and DDP see a clean replacement; the returned
 """
 
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, List, Optional
 
 import torch
 from torch import nn
@@ -75,7 +75,15 @@ def append_slices(
 
 
 def in_dim(conv: nn.Module) -> int:
-    """Input-channel dimension of a conv weight (1, or 0 for a transposed conv)."""
+    """Input-channel dimension of a conv weight.
+
+    Args:
+        conv: ``nn.Conv2d`` (weight `(C_out, C_in, k, k)`) or
+            ``nn.ConvTranspose2d`` (weight `(C_in, C_out, k, k)`).
+
+    Returns:
+        1, or 0 for a transposed conv.
+    """
     return 0 if isinstance(conv, nn.ConvTranspose2d) else 1
 
 
@@ -94,3 +102,23 @@ def zero_fan_out(conv: nn.Module, count: int) -> torch.Tensor:
     shape = list(conv.weight.shape)
     shape[in_dim(conv)] = count
     return conv.weight.new_zeros(shape)
+
+
+def add_filters(conv: nn.Conv2d, consumers: List, fan_in: torch.Tensor) -> List[ParamChange]:
+    """Append filters with the given fan-in and a ZERO fan-out in every consumer.
+
+    The network output is unchanged: nothing reads the new channels yet.
+
+    Args:
+        conv: The grown conv, weight `(C_out, C_in, 3, 3)`.
+        consumers: Its :class:`~fastmri_growth.models.topology.Consumer` list.
+        fan_in: New filters `(K, C_in, 3, 3)`.
+
+    Returns:
+        The changes: the conv's weight first, then one per consumer.
+    """
+    changes = [append_slices(conv, "weight", 0, fan_in)]
+    for c in consumers:
+        changes.append(append_slices(c.module, "weight", in_dim(c.module),
+                                     zero_fan_out(c.module, fan_in.shape[0])))
+    return changes

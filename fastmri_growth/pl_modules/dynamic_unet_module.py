@@ -20,6 +20,7 @@ first training batch of the epochs the schedule selects:
   the parameter objects it saw at construction).
 """
 
+import copy
 import inspect
 import logging
 import math
@@ -123,22 +124,16 @@ class DynamicUnetModule(UnetModule):
             weight_decay=weight_decay, **kwargs,
         )
         self.save_hyperparameters()
-        # Validate every growth option before anything trains.
-        if growth_method not in GROWTH_METHODS:
-            raise ValueError(
-                f"Unknown growth_method {growth_method!r}; valid: {', '.join(GROWTH_METHODS)}"
-            )
-        for name, value, low in (("n_candidates", n_candidates, 1), ("n_new", n_new, 1),
-                                 ("growth_interval", growth_interval, 1)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+        # Validate every growth option before anything trains (growth_method
+        # and n_candidates: DynamicUnet below; interval and schedule:
+        # GrowthSchedule).
+        if not isinstance(n_new, int) or isinstance(n_new, bool) or n_new < 1:
+            raise ValueError(f"n_new must be an int >= 1, got {n_new!r}")
         if max_width is not None and (not isinstance(max_width, int) or max_width < 1):
             raise ValueError(f"max_width must be an int >= 1 or None, got {max_width!r}")
         if not (isinstance(new_filter_lr_scale, (int, float)) and math.isfinite(new_filter_lr_scale)
                 and new_filter_lr_scale >= 0):
             raise ValueError(f"new_filter_lr_scale must be a finite float >= 0, got {new_filter_lr_scale!r}")
-        if growth_schedule not in SCHEDULES:
-            raise ValueError(f"Unknown growth_schedule {growth_schedule!r}; valid: {', '.join(SCHEDULES)}")
         sites = parse_sites(layers_to_grow, num_pool_layers)
         progressive = (parse_progressive(progressive_schedule, num_pool_layers)
                        if growth_schedule == "progressive" else {})
@@ -160,22 +155,41 @@ class DynamicUnetModule(UnetModule):
             drop_prob=drop_prob, growth_method=growth_method, n_candidates=n_candidates,
         )
         self.growth_reports = []  # reports of this process, for inspection
-        self._new_slices: Dict[torch.nn.Parameter, tuple] = {}
-        self._restored_val_loss: Optional[float] = None
+        # Per grown parameter, a bool mask of the entries added this epoch
+        # (new_filter_lr_scale applies to them).
+        self._new_masks: Dict[torch.nn.Parameter, torch.Tensor] = {}
+        # The epoch whose validation ran last (None: none since the last
+        # observation), and (epoch, loss) restored from a checkpoint.
+        self._validated_epoch: Optional[int] = None
+        self._restored_validation: Optional[tuple] = None
 
     # ---------------------------------------------------------------- growth
+    def on_validation_epoch_end(self) -> None:
+        """Aggregates validation (fastMRI's metrics), then notes which epoch validated."""
+        super().on_validation_epoch_end()
+        if not self.trainer.sanity_checking:
+            self._validated_epoch = self.current_epoch
+
     def _observe_validation(self) -> None:
-        """Feed the last validation loss to a plateau schedule."""
-        if self.schedule.kind != "plateau" or self.trainer.current_epoch == 0:
-            return
-        value = self.trainer.callback_metrics.get("validation_loss")
-        value = self._restored_val_loss if value is None else float(value)
-        if value is not None:
-            self.schedule.observe_validation(self.trainer.current_epoch - 1, value)
+        """Feed the plateau schedule the loss of the validation that actually ran.
+
+        Lightning keeps ``validation_loss`` in ``callback_metrics`` across
+        epochs without validation (``check_val_every_n_epoch > 1``); only an
+        epoch that validated counts towards the patience.
+        """
+        loss = self.trainer.callback_metrics.get("validation_loss")
+        if self._validated_epoch is not None and loss is not None:
+            self.schedule.observe_validation(self._validated_epoch, float(loss))
+        elif self._restored_validation is not None:
+            self.schedule.observe_validation(*self._restored_validation)
+        self._validated_epoch = None
+        self._restored_validation = None
 
     def on_train_epoch_start(self) -> None:
-        self._new_slices = {}  # new-filter LR scale lasts for the epoch of growth
-        self._observe_validation()
+        """Ends the previous growth's LR scale, and observes the last validation."""
+        self._new_masks = {}  # new-filter LR scale lasts for the epoch of growth
+        if self.schedule.kind == "plateau":
+            self._observe_validation()
 
     def on_train_epoch_end(self) -> None:
         # After this epoch's growth, so the curve shows the size trained at.
@@ -187,6 +201,7 @@ class DynamicUnetModule(UnetModule):
                  on_step=False, on_epoch=True, sync_dist=True)
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        """Grows the scheduled sites on this batch if the epoch is due."""
         # Normally batch 0; after a resume from a mid-epoch checkpoint, the
         # first batch this process sees (the schedule remembers grown epochs).
         epoch = self.trainer.current_epoch
@@ -223,11 +238,20 @@ class DynamicUnetModule(UnetModule):
             n_new = self._site_budget(layer, conv_idx)
             if n_new == 0:
                 continue
-            report = self.unet.grow_network(
-                layer, conv_idx, image, target, criterion=F.l1_loss, n_new=n_new,
-                method=self.growth_method, split_noise=self.split_noise,
-                generator=generator, reduce_fn=_all_reduce_mean,
-            )
+            try:
+                report = self.unet.grow_network(
+                    layer, conv_idx, image, target, criterion=F.l1_loss, n_new=n_new,
+                    method=self.growth_method, split_noise=self.split_noise,
+                    generator=generator, reduce_fn=_all_reduce_mean,
+                )
+            except (RuntimeError, ValueError) as err:
+                if not reports:
+                    raise
+                done = ", ".join(r.site for r in reports)
+                raise RuntimeError(
+                    f"{err} (earlier sites of this growth event already grew: {done}; "
+                    "the optimizer was not updated, so do not continue this run)"
+                ) from err
             reports.append(report)
             changes.extend(report.changes)
         self.schedule.mark_grown(epoch)
@@ -275,35 +299,63 @@ class DynamicUnetModule(UnetModule):
                 strategy.configure_ddp()
         if self.new_filter_lr_scale != 1.0:
             for ch in changes:
-                self._new_slices[ch.new] = ch.new_slice()
+                # A weight can grow twice in one event (e.g. a conv2 gets an
+                # input column from its conv1, then output rows): carry the
+                # mask of the earlier growth into the new shape.
+                mask = torch.zeros_like(ch.new, dtype=torch.bool)
+                earlier = self._new_masks.pop(ch.old, None)
+                if earlier is not None:
+                    mask[tuple(slice(0, n) for n in earlier.shape)] = earlier
+                mask[ch.new_slice()] = True
+                self._new_masks[ch.new] = mask
         # Every growth changes shapes: a compiled graph would be a guard
-        # failure and, after a few, a silent fallback to eager.
+        # failure and, after a few, a silent fallback to eager. This resets
+        # every compiled function of the process, not only this model's.
         torch.compiler.reset()
 
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
-        """Step, then scale the update of weights added this epoch."""
-        if not self._new_slices:
+        """Steps, then scales the update of the weights added this epoch.
+
+        Scaling the update (not the gradient) makes ``new_filter_lr_scale`` an
+        exact learning-rate scale for any optimizer, Adam and RMSprop included.
+
+        Args:
+            epoch: Current epoch.
+            batch_idx: Batch index.
+            optimizer: The (Lightning-wrapped) optimizer.
+            optimizer_closure: Lightning's closure (forward, backward).
+        """
+        if not self._new_masks:
             return super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
-        before = {p: p.detach()[idx].clone() for p, idx in self._new_slices.items()}
+        before = {p: p.detach().clone() for p in self._new_masks}
         super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
         with torch.no_grad():
-            for p, idx in self._new_slices.items():
-                p[idx] = before[p] + self.new_filter_lr_scale * (p[idx] - before[p])
+            for p, mask in self._new_masks.items():
+                scaled = before[p] + self.new_filter_lr_scale * (p - before[p])
+                p.copy_(torch.where(mask, scaled, p))
 
     # ----------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        val = None
-        if self._trainer is not None:
-            v = self.trainer.callback_metrics.get("validation_loss")
-            val = None if v is None else float(v)
+        """Stores the widths and the schedule state as plain Python values."""
+        last = None
+        if self._trainer is not None and self._validated_epoch is not None:
+            loss = self.trainer.callback_metrics.get("validation_loss")
+            if loss is not None:
+                last = [self._validated_epoch, float(loss)]
         checkpoint[CHECKPOINT_KEY] = {
             "widths": self.unet.get_network_size(),
             "transpose_widths": self.unet.transpose_widths(),
-            "schedule_state": self.schedule.state,
-            "last_validation_loss": val,
+            "schedule_state": copy.deepcopy(self.schedule.state),
+            "last_validation": last,
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Rebuilds the U-Net at the checkpoint's widths and restores the schedule.
+
+        Raises:
+            ValueError: If the checkpoint's tensors match no valid DynamicUnet
+                or another architecture than this module's.
+        """
         # Lightning calls this BEFORE load_state_dict: rebuild at the saved
         # widths so that the grown tensors load strictly.
         info = checkpoint.get(CHECKPOINT_KEY)
@@ -336,8 +388,9 @@ class DynamicUnetModule(UnetModule):
                 widths=spec["widths"], transpose_widths=spec["transpose_widths"],
             ).to(device)
         if info is not None:
-            self.schedule.state = info["schedule_state"]
-            self._restored_val_loss = info.get("last_validation_loss")
+            self.schedule.state = copy.deepcopy(info["schedule_state"])
+            last = info.get("last_validation")
+            self._restored_validation = tuple(last) if last else None
 
     # ------------------------------------------------------------------ args
     @classmethod
