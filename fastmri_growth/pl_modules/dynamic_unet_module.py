@@ -100,7 +100,8 @@ class DynamicUnetModule(UnetModule):
             growth_schedule: ``"interval"``, ``"plateau"`` (grow when
                 validation_loss has not improved for ``plateau_patience``
                 epochs) or ``"progressive"`` (``progressive_schedule``).
-            plateau_patience: Plateau schedule patience in epochs.
+            plateau_patience: Plateau schedule patience, in validations
+                (epochs that ran validation).
             progressive_schedule: ``{epoch: [entries]}`` or
                 ``"2:down_0,bottleneck;4:up_1:1"``.
             n_new: Filters added per site per event.
@@ -430,7 +431,8 @@ class DynamicUnetModule(UnetModule):
         flag("growth_interval", type=int, help="interval schedule: grow every N epochs")
         flag("growth_start_epoch", type=int, help="First epoch at which growth may happen")
         flag("plateau_patience", type=int,
-             help="plateau schedule: grow after N epochs without validation_loss improvement")
+             help="plateau schedule: grow after N validations without validation_loss "
+                  "improvement")
         flag("progressive_schedule", type=str,
              help="progressive schedule, e.g. '2:down_0,bottleneck;4:up_1:1'")
         flag("layers_to_grow", nargs="+", type=str,
