@@ -99,7 +99,7 @@ class DynamicUnetModule(UnetModule):
                 (both convs) or ``"layer:conv_idx"``; None grows every site.
             growth_schedule: ``"interval"``, ``"plateau"`` (grow when
                 validation_loss has not improved for ``plateau_patience``
-                epochs) or ``"progressive"`` (``progressive_schedule``).
+                validations) or ``"progressive"`` (``progressive_schedule``).
             plateau_patience: Plateau schedule patience, in validations
                 (epochs that ran validation).
             progressive_schedule: ``{epoch: [entries]}`` or
