@@ -27,7 +27,7 @@ DDP_SCRIPT = textwrap.dedent(
     from fastmri_growth.pl_modules import DynamicUnetModule
     from fastmri_growth.pl_modules.lightning2 import FastMriDataModule
 
-    data_root, out = Path(sys.argv[1]), Path(sys.argv[2])
+    data_root, out, devices = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
 
 
     class Recorder(pl.Callback):
@@ -54,7 +54,7 @@ DDP_SCRIPT = textwrap.dedent(
     )
     recorder = Recorder()
     trainer = pl.Trainer(
-        accelerator="cpu", devices=2, strategy=DDPStrategy(process_group_backend="gloo"),
+        accelerator="cpu", devices=devices, strategy=DDPStrategy(process_group_backend="gloo"),
         max_epochs=3, use_distributed_sampler=False, logger=False,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
         num_sanity_val_steps=0, limit_val_batches=0, callbacks=[recorder],
@@ -92,7 +92,9 @@ def knee_train(tmp_path_factory):
     return root / "knee"
 
 
-def test_ddp_growth_keeps_ranks_identical(knee_train, tmp_path):
+# One process under strategy="ddp" is wrapped in DDP too, and needs the same rebuild.
+@pytest.mark.parametrize("devices", [2, 1])
+def test_ddp_growth_keeps_ranks_identical(knee_train, tmp_path, devices):
     script = tmp_path / "ddp_grow.py"
     script.write_text(DDP_SCRIPT)
     out = tmp_path / "out"
@@ -101,25 +103,28 @@ def test_ddp_growth_keeps_ranks_identical(knee_train, tmp_path):
            if k not in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_PORT", "MASTER_ADDR")}
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     proc = subprocess.run(
-        [sys.executable, str(script), str(knee_train), str(out)],
+        [sys.executable, str(script), str(knee_train), str(out), str(devices)],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
 
-    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
-    states = [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(devices)]
+    states = [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(devices)]
+    steps = 8 // devices
     for info in ranks:
-        assert info["world_size"] == 2
+        assert info["world_size"] == devices
         assert info["train_sampler"] == "DistributedSampler"
         assert info["grown_epochs"] == [1, 2]
         sizes = {int(e): s for e, s in info["sizes"].items()}
         assert [(sizes[e]["down_0"]["conv2_out"], sizes[e]["bottleneck"]["conv1_out"],
                  sizes[e]["bottleneck"]["conv2_out"]) for e in range(3)] == [(2, 8, 8), (3, 9, 9), (4, 10, 10)]
         assert sizes[2]["down_0"]["conv1_out"] == 2  # only down_0's second conv grows
-        # 8 slices over 2 ranks: 4 steps per epoch, training went on after each growth.
-        assert {int(e): s for e, s in info["steps"].items()} == {0: 4, 1: 8, 2: 12}
+        # 8 slices over the ranks: training went on after each growth.
+        assert {int(e): s for e, s in info["steps"].items()} == {0: steps, 1: 2 * steps, 2: 3 * steps}
         assert info["optimizer_holds_module_params"]
         assert info["ddp_wraps_module_params"]
+    if devices == 1:
+        return
     # Same decisions on both ranks ...
     assert ranks[0]["selected"] == ranks[1]["selected"]
     assert ranks[0]["sizes"] == ranks[1]["sizes"]

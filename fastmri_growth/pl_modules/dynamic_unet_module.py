@@ -293,9 +293,12 @@ class DynamicUnetModule(UnetModule):
                 for opt in trainer.optimizers:
                     grow_optimizer_state(opt, changes)
             strategy = trainer.strategy
-            if hasattr(strategy, "configure_ddp") and strategy.world_size > 1:
-                # DDP hooked the old parameter objects: rebuild the wrapper
-                # (collective: every rank grows identically, rank 0 broadcasts).
+            wrapped = isinstance(getattr(strategy, "model", None),
+                                 torch.nn.parallel.DistributedDataParallel)
+            if wrapped and hasattr(strategy, "configure_ddp"):
+                # DDP hooked the old parameter objects (even with a single
+                # process): rebuild the wrapper. Collective: every rank grows
+                # identically, and rank 0's parameters are broadcast.
                 strategy.model = strategy.lightning_module
                 strategy.configure_ddp()
         if self.new_filter_lr_scale != 1.0:
