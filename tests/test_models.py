@@ -931,3 +931,21 @@ def test_readme_style_example(capsys):
                         r"32 -> 33 filters", out[0]), out[0]
     assert out[1] == "{'conv1_out': 33, 'conv2_out': 32}"
     assert model(image).shape == (2, 1, 64, 64)
+
+
+def test_score_candidates_agrees_on_a_bad_loss_through_reduce_fn():
+    """The non-finite check goes through reduce_fn, so DDP ranks abort together:
+    here a finite local loss still aborts when the reduction reports a bad rank."""
+    model = make_model(in_chans=1, out_chans=1)
+    conv = model.conv_layer("bottleneck", 0)
+    candidates = torch.randn(3, conv.weight.shape[1], 3, 3, dtype=conv.weight.dtype)
+    x = torch.randn(1, 1, 16, 16, dtype=conv.weight.dtype)
+    seen = []
+
+    def other_rank_bad(t):
+        seen.append(t.shape)
+        return t + 1 if t.numel() == 1 else t  # the flag says: some rank had NaN
+
+    with pytest.raises(RuntimeError, match="another rank"):
+        score_candidates(model, "bottleneck", 0, candidates, x, x, reduce_fn=other_rank_bad)
+    assert seen and seen[0] == torch.Size([1])

@@ -253,7 +253,7 @@ def score_candidates(
         parameters if it alone were added with a zero fan-out.
     """
     if stats is None:
-        stats = collect_statistics(model, layer_id, conv_idx, batch, target, criterion)
+        stats = collect_statistics(model, layer_id, conv_idx, batch, target, criterion, reduce_fn)
     with torch.no_grad():
         grads = fan_out_gradients(stats, candidates)
         if reduce_fn is not None:
