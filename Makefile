@@ -26,7 +26,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest tests $(PYTEST_ARGS)
 
 demo: $(STAMP)
-	$(BIN)/python -m fastmri_growth.demo
+	$(BIN)/python -m fastmri_growth.cli.demo
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run_all $(BENCH_ARGS)

@@ -29,10 +29,10 @@ setup(
     extras_require={"test": ["pytest>=7"]},
     entry_points={
         "console_scripts": [
-            "fastmri-growth-train=fastmri_growth.train:main",
-            "fastmri-growth-eval=fastmri_growth.evaluate:main",
-            "fastmri-growth-plot=fastmri_growth.plot:main",
-            "fastmri-growth-synth=fastmri_growth.data.synthetic:main",
+            "fastmri-growth-train=fastmri_growth.cli.train:main",
+            "fastmri-growth-eval=fastmri_growth.cli.evaluate:main",
+            "fastmri-growth-plot=fastmri_growth.cli.plot:main",
+            "fastmri-growth-synth=fastmri_growth.cli.synth:main",
         ]
     },
 )

@@ -26,12 +26,11 @@ from fastmri.data.transforms import UnetDataTransform, VarNetDataTransform
 from fastmri.pl_modules.mri_module import MriModule
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
+from fastmri_growth.pl_modules.data_module import FastMriDataModule, _DistributedVolumeSampler
 from fastmri_growth.pl_modules.lightning2 import (
-    FastMriDataModule,
     Lightning2MriMixin,
     UnetModule,
     VarNetModule,
-    _DistributedVolumeSampler,
     str2bool,
 )
 

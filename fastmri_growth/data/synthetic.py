@@ -36,7 +36,6 @@ Command line::
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import inspect
 import numbers
@@ -51,6 +50,16 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Uni
 import h5py
 import numpy as np
 
+from fastmri_growth.data.fastmri_format import (
+    BRAIN_ACQUISITIONS,
+    ISMRMRD_NAMESPACE,
+    KNEE_ACQUISITIONS,
+    LEADERBOARD_CENTER_FRACTIONS,
+    SPLITS,
+    TARGET_KEYS,
+    UNDERSAMPLED_SPLITS,
+)
+
 __all__ = [
     "CHALLENGES",
     "SPLITS",
@@ -60,14 +69,8 @@ __all__ = [
 ]
 
 CHALLENGES = ("knee_singlecoil", "knee_multicoil", "brain_multicoil")
-SPLITS = ("train", "val", "test", "challenge")
-# Like the public data, these splits hold under-sampled k-space and no target.
-UNDERSAMPLED_SPLITS = ("test", "challenge")
-KNEE_ACQUISITIONS = ("CORPD_FBK", "CORPDFS_FBK")
-BRAIN_ACQUISITIONS = ("AXT1", "AXT1PRE", "AXT1POST", "AXT2", "AXFLAIR")
 # (center_fraction, acceleration) pairs of fastMRI's test and challenge sets.
-ACCELERATIONS = ((0.08, 4), (0.04, 8))
-ISMRMRD_NAMESPACE = "http://www.ismrm.org/ISMRMRD"
+ACCELERATIONS = tuple((cf, acc) for acc, cf in LEADERBOARD_CENTER_FRACTIONS.items())
 
 # Brain k-space widths vary per file in the public data (320, 368, 384, 396
 # columns for a 320 reconstruction); these are the same ratios.
@@ -106,7 +109,7 @@ class _Challenge:
 
     @property
     def target_key(self) -> str:
-        return "reconstruction_esc" if self.coils == "singlecoil" else "reconstruction_rss"
+        return TARGET_KEYS[self.coils]
 
     def folder(self, split: str) -> str:
         return f"{self.anatomy}/{self.coils}_{split}"
@@ -872,128 +875,11 @@ _DEFAULTS = {
 }
 
 
-# ---------------------------------------------------------------------------
-# Command line
-# ---------------------------------------------------------------------------
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line on stderr, exit code 2
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def _arg(check):
-    def parse(text):
-        try:
-            return check(text)
-        except ValueError as err:
-            raise argparse.ArgumentTypeError(str(err)) from None
-
-    return parse
-
-
-def _parse_int(text: str, what: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise ValueError(f"{what} must be an integer, got {text!r}") from None
-
-
-def _parse_num_volumes(text: str):
-    if "=" not in text:
-        return _parse_int(text, "--num-volumes")
-    counts = {}
-    for item in text.split(","):
-        split, sep, count = item.partition("=")
-        split = split.strip()
-        if not sep or not split:
-            raise ValueError(
-                f"expected an integer or split=count pairs like train=8,val=2, got {text!r}"
-            )
-        if split not in SPLITS:
-            raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
-        counts[split] = _parse_int(count.strip(), f"the count for {split}")
-    return counts
-
-
-def _parse_num_coils(text: str):
-    low, sep, high = text.partition("-")
-    if not sep:
-        return _check_num_coils(_parse_int(text, "--num-coils"))
-    return _check_num_coils((_parse_int(low, "--num-coils"), _parse_int(high, "--num-coils")))
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The command-line parser; defaults come from ``generate_dataset``."""
-    d = _DEFAULTS
-    parser = _Parser(
-        prog="fastmri-growth-synth",
-        description=(
-            "Write a synthetic dataset in fastMRI's layout and HDF5 format "
-            "(DIR/knee/singlecoil_train/file1000000.h5, ...), readable by an "
-            "unpatched fastmri.data.SliceDataset."
-        ),
-    )
-    parser.add_argument("--out", required=True, type=Path, metavar="DIR",
-                        help="root folder of the dataset")
-    parser.add_argument("--challenges", nargs="+", choices=CHALLENGES,
-                        default=list(d["challenges"]), metavar="CHALLENGE",
-                        help=f"any of {', '.join(CHALLENGES)} "
-                             f"(default: {' '.join(d['challenges'])})")
-    parser.add_argument("--splits", nargs="+", choices=SPLITS, default=list(d["splits"]),
-                        metavar="SPLIT",
-                        help=f"any of {', '.join(SPLITS)} (default: all)")
-    parser.add_argument("--num-volumes", "--num_volumes", dest="num_volumes",
-                        type=_arg(_parse_num_volumes), default=d["num_volumes"],
-                        metavar="N|SPLIT=N,...",
-                        help="volumes per split: one integer, or e.g. "
-                             "train=8,val=2 (unnamed splits get %(default)s)")
-    parser.add_argument("--num-slices", "--num_slices", dest="num_slices",
-                        type=_arg(lambda t: _check_positive_int(
-                            "--num-slices", _parse_int(t, "--num-slices"))),
-                        default=d["num_slices"], help="slices per volume (default: %(default)s)")
-    parser.add_argument("--recon-size", "--recon_size", dest="recon_size",
-                        type=_arg(lambda t: _check_recon_size(_parse_int(t, "--recon-size"))),
-                        default=d["recon_size"],
-                        help="side of the square target; k-space has twice as "
-                             "many rows (default: %(default)s)")
-    parser.add_argument("--num-coils", "--num_coils", dest="num_coils",
-                        type=_arg(_parse_num_coils), default=d["num_coils"],
-                        metavar="N|MIN-MAX",
-                        help="coils per multicoil file, drawn per file from "
-                             "MIN-MAX (default: 4-8)")
-    parser.add_argument("--seed", type=_arg(lambda t: _check_seed(_parse_int(t, "--seed"))),
-                        default=d["seed"], help="random seed (default: %(default)s)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace existing files (default: refuse and write nothing)")
-    return parser
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Command-line entry point; returns the exit code."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        generate_dataset(
-            args.out,
-            challenges=args.challenges,
-            splits=args.splits,
-            num_volumes=args.num_volumes,
-            num_slices=args.num_slices,
-            recon_size=args.recon_size,
-            seed=args.seed,
-            overwrite=args.overwrite,
-            num_coils=args.num_coils,
-            log=print,
-        )
-    except DatasetExistsError as err:
-        parser.error(
-            f"{len(err.existing)} files to write already exist (first: "
-            f"{err.existing[0]}); nothing was written. Pass --overwrite to replace them."
-        )
-    except ValueError as err:
-        parser.error(str(err))
-    return 0
+    """``fastmri-growth-synth``: see :mod:`fastmri_growth.cli.synth`."""
+    from fastmri_growth.cli.synth import main as synth_main
+
+    return synth_main(argv)
 
 
 if __name__ == "__main__":

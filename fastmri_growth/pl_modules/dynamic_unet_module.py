@@ -404,6 +404,12 @@ class DynamicUnetModule(UnetModule):
         return {name: params[name].default for name in GROWTH_ARGS}
 
     @classmethod
+    def growth_option_strings(cls) -> List[str]:
+        """Both spellings of every growth flag (``--growth-method``, ``--growth_method``, ...)."""
+        return [s for name in GROWTH_ARGS
+                for s in dict.fromkeys(["--" + name.replace("_", "-"), "--" + name])]
+
+    @classmethod
     def add_model_specific_args(cls, parent_parser: ArgumentParser) -> ArgumentParser:
         """Add fastMRI's U-Net flags and the growth flags.
 

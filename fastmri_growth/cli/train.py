@@ -1,0 +1,525 @@
+"""Train or test a (growing) U-Net on fastMRI data with pytorch-lightning 2.
+
+The command line of fastMRI's ``fastmri_examples/unet/train_unet_demo.py``
+(its flags, its defaults where they still apply: seed 42, 50 epochs,
+deterministic; its run layout), ported to Lightning 2 (explicit Trainer
+flags: ``--accelerator``, ``--devices``, ``--strategy``, ... default to
+Lightning's ``auto``) and extended with ``--model-type {unet,dynamic_unet}``
+and the growth flags of
+:class:`fastmri_growth.pl_modules.DynamicUnetModule`::
+
+    fastmri-growth-train --data_path DATA/knee --challenge singlecoil \\
+        --mask_type random --center_fractions 0.08 --accelerations 4 \\
+        --chans 8 --growth-method sample_select --max_epochs 20 \\
+        --default_root_dir runs/grow
+    fastmri-growth-train --mode test --data_path DATA/knee \\
+        --default_root_dir runs/grow
+
+Run layout under ``--default_root_dir``:
+
+- ``checkpoints/``: the best checkpoint by ``validation_loss`` and
+  ``last.ckpt``. Training resumes from the newest one automatically; test
+  mode loads it (or ``--ckpt_path``).
+- ``lightning_logs/version_N/``: TensorBoard logs.
+- ``csv_logs/version_N/metrics.csv``: the same metrics as CSV.
+- ``reconstructions/*.h5``: test-mode reconstructions in the leaderboard
+  format (one file per volume, dataset ``reconstruction``).
+
+Bad input (missing or malformed data, inconsistent mask flags, no checkpoint
+to test, unknown growth layers, ...) is reported before anything is built or
+written: one line on stderr and exit status 2.
+"""
+
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Type
+
+from fastmri_growth.cli.checkpoints import (  # noqa: F401  (re-exported: the CLI's API)
+    checkpoint_callbacks,
+    newest_checkpoint,
+    read_checkpoint,
+    stored_model_type,
+)
+from fastmri_growth.cli.common import (
+    HelpFormatter,
+    OneLineParser,
+    UsageError,
+    one_line,
+    redeclare,
+    str2bool,
+)
+from fastmri_growth.cli.dataset_cache import DATASET_CACHE_FILE, prune_dataset_cache
+from fastmri_growth.cli.train_checks import (  # noqa: F401  (re-exported: the CLI's API)
+    check_data,
+    check_mask_args,
+    check_sample_rates,
+    resolve_checkpoint,
+    resolve_paths,
+    validate_args,
+)
+from fastmri_growth.cli.trainer_flags import add_trainer_args, trainer_flags
+from fastmri_growth.data.fastmri_format import DIRS_CONFIG, MASK_TYPES, synth_hint
+
+PROG = "fastmri-growth-train"
+MODEL_TYPES = ("unet", "dynamic_unet")
+DEFAULT_MODEL_TYPE = "dynamic_unet"
+
+
+# ---------------------------------------------------------------------------
+# the classes behind --model-type
+# ---------------------------------------------------------------------------
+
+
+def module_class(model_type: str) -> Type:
+    """The LightningModule class trained by ``--model-type``.
+
+    Args:
+        model_type: ``"unet"`` (fastMRI's UnetModule ported to Lightning 2) or
+            ``"dynamic_unet"`` (the growing U-Net).
+    """
+    if model_type == "unet":
+        from fastmri_growth.pl_modules.lightning2 import UnetModule
+
+        return UnetModule
+    if model_type == "dynamic_unet":
+        from fastmri_growth.pl_modules import DynamicUnetModule
+
+        return DynamicUnetModule
+    raise UsageError(
+        f"unknown --model-type {model_type!r}; choose one of {', '.join(MODEL_TYPES)}"
+    )
+
+
+def data_module_class() -> Type:
+    """FastMriDataModule as fixed for Lightning 2 (same flags as fastMRI's)."""
+    from fastmri_growth.pl_modules.lightning2 import FastMriDataModule
+
+    return FastMriDataModule
+
+
+def model_arg_names(cls: Type) -> List[str]:
+    """The argparse destinations that ``cls.add_model_specific_args`` declares.
+
+    These, and only these, are handed to the module's constructor, so the
+    module's parser stays the one place that defines model flags and their
+    defaults.
+    """
+    parser = cls.add_model_specific_args(argparse.ArgumentParser(add_help=False))
+    return list(vars(parser.parse_args([])))
+
+
+# ---------------------------------------------------------------------------
+# parser
+# ---------------------------------------------------------------------------
+
+
+def _add_run_args(parser: argparse.ArgumentParser, model_type: str) -> None:
+    group = parser.add_argument_group("run")
+    group.add_argument(
+        "--mode", default="train", choices=("train", "test"), type=str, help="Operation mode"
+    )
+    group.add_argument(
+        "--model-type",
+        "--model_type",
+        dest="model_type",
+        default=model_type,
+        choices=MODEL_TYPES,
+        help="Network to train: fastMRI's fixed U-Net or the growing U-Net",
+    )
+    group.add_argument("--seed", default=42, type=int, help="Random seed (pl.seed_everything)")
+    group.add_argument(
+        "--ckpt_path",
+        default=None,
+        type=Path,
+        help=(
+            "Checkpoint to resume from (train) or to test (test); default: the "
+            "newest .ckpt in DEFAULT_ROOT_DIR/checkpoints"
+        ),
+    )
+    group.add_argument(
+        "--default_root_dir",
+        default=None,
+        type=Path,
+        help=(
+            "Folder for checkpoints, logs and reconstructions; default: "
+            f"LOG_PATH/MODEL_TYPE/MODEL_TYPE_demo, LOG_PATH being log_path from "
+            f"./{DIRS_CONFIG}, else ."
+        ),
+    )
+
+
+def _add_mask_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("k-space mask")
+    group.add_argument(
+        "--mask_type",
+        choices=MASK_TYPES,
+        default="random",
+        type=str,
+        help="Type of k-space mask",
+    )
+    group.add_argument(
+        "--center_fractions",
+        nargs="+",
+        default=[0.08],
+        type=float,
+        help="Fraction of center k-space lines kept, one per acceleration",
+    )
+    group.add_argument(
+        "--accelerations",
+        nargs="+",
+        default=[4],
+        type=int,
+        help="Acceleration rates to use for masks",
+    )
+
+
+def build_parser(model_type: str = DEFAULT_MODEL_TYPE) -> argparse.ArgumentParser:
+    """The full parser for one model type.
+
+    Model flags and their defaults come from the module class's own
+    ``add_model_specific_args``; data flags from FastMriDataModule's
+    ``add_data_specific_args``.
+
+    Args:
+        model_type: One of :data:`MODEL_TYPES`; selects the model flags.
+
+    Returns:
+        The parser; its errors are one line on stderr with exit status 2.
+    """
+    base = argparse.ArgumentParser(add_help=False)
+    _add_run_args(base, model_type)
+    _add_mask_args(base)
+    base = data_module_class().add_data_specific_args(base)
+    # fastMRI's demo: no default test path; data_path is resolved later from
+    # fastmri_dirs.yaml so that --help reads no file.
+    base.set_defaults(test_path=None)
+    base = module_class(model_type).add_model_specific_args(base)
+    base = redeclare(
+        base,
+        (("--data_path",), dict(
+            default=None, type=Path,
+            help=f"Path to fastMRI data root (holding CHALLENGE_train/, CHALLENGE_val/, ...); "
+                 f"default: knee_path from ./{DIRS_CONFIG}")),
+        (("--use_dataset_cache_file",), dict(
+            default=True, type=str2bool, nargs="?", const=True, metavar="BOOL",
+            help=f"Cache the slice lists of the data folders in ./{DATASET_CACHE_FILE} "
+                 "(fastMRI's file, in the working directory); entries of folders whose "
+                 "files changed since are dropped before each run")),
+    )
+    add_trainer_args(base)
+    parser = OneLineParser(
+        prog=PROG,
+        description=(
+            "Train or test a U-Net (fixed or growing) on fastMRI data with "
+            "pytorch-lightning 2, as fastMRI's train_unet_demo.py."
+        ),
+        epilog=(
+            "Data path: --data_path, else knee_path from ./fastmri_dirs.yaml. "
+            f"No data? {synth_hint()}."
+        ),
+        parents=[base],
+        formatter_class=HelpFormatter,
+    )
+    return parser
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """Parse the command line in two passes: ``--model-type`` picks the flags.
+
+    Args:
+        argv: Arguments without the program name; ``None`` reads ``sys.argv``.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # allow_abbrev=False: "--mode" must not be taken as a prefix of "--model-type".
+    pre = OneLineParser(prog=PROG, add_help=False, allow_abbrev=False)
+    pre.add_argument(
+        "--model-type", "--model_type", dest="model_type", choices=MODEL_TYPES, default=None,
+    )
+    known, _ = pre.parse_known_args(argv)
+    model_type = known.model_type or DEFAULT_MODEL_TYPE
+    parser = build_parser(model_type)
+    if model_type == "unet":
+        growth = growth_options()
+        for token in argv:
+            if token == "--":
+                break
+            option = token.split("=", 1)[0]
+            if option in growth:
+                parser.error(f"growth flags need --model-type dynamic_unet (got {option})")
+    args = parser.parse_args(argv)
+    # Test mode follows the checkpoint's model type unless one was asked for.
+    args.model_type_given = known.model_type is not None
+    return args
+
+
+def growth_options() -> List[str]:
+    """The option strings (both spellings) that only ``dynamic_unet`` has."""
+    from fastmri_growth.pl_modules import DynamicUnetModule
+
+    return DynamicUnetModule.growth_option_strings()
+
+
+# ---------------------------------------------------------------------------
+# building the run
+# ---------------------------------------------------------------------------
+
+
+def build_module(args: argparse.Namespace):
+    """The LightningModule for training, from the module's own flags.
+
+    Raises:
+        UsageError: the module rejected a value (e.g. an unknown growth layer).
+    """
+    cls = module_class(args.model_type)
+    kwargs = {name: getattr(args, name) for name in model_arg_names(cls)}
+    try:
+        return cls(**kwargs)
+    except ValueError as err:
+        raise UsageError(f"invalid model option: {err}") from None
+
+
+def load_trained_module(ckpt: Path):
+    """The trained module stored in a checkpoint, grown widths restored.
+
+    Raises:
+        UsageError: the checkpoint holds no U-Net or does not load.
+    """
+    from fastmri_growth.pl_modules import load_module
+
+    try:
+        return load_module(ckpt)
+    except (ValueError, RuntimeError, KeyError, TypeError) as err:
+        msg = " ".join(str(err).split())
+        raise UsageError(
+            f"cannot load trained weights from {ckpt} ({msg}); pass a checkpoint written by "
+            f"{PROG} with --ckpt_path"
+        ) from None
+
+
+def uses_distributed_sampler(trainer) -> bool:
+    """Whether the data loaders must shard the data across processes.
+
+    fastMRI's demo keys this off ``--accelerator in ("ddp", "ddp_cpu")``
+    while passing ``strategy="ddp"``, so every rank walked the whole set.
+    """
+    from pytorch_lightning.strategies import ParallelStrategy
+
+    return isinstance(trainer.strategy, ParallelStrategy) or (
+        trainer.num_devices * trainer.num_nodes > 1
+    )
+
+
+def build_trainer(args: argparse.Namespace):
+    """The Lightning trainer: checkpoints, TensorBoard + CSV loggers, progress bar.
+
+    Raises:
+        UsageError: Lightning rejected a trainer flag (accelerator, precision, ...).
+    """
+    import pytorch_lightning as pl
+    from lightning_fabric.utilities.exceptions import MisconfigurationException
+    from pytorch_lightning.callbacks import TQDMProgressBar
+    from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+
+    root = Path(args.default_root_dir)
+    callbacks: List[Any] = []
+    if args.enable_progress_bar:
+        callbacks.append(TQDMProgressBar())
+    if args.mode == "train":
+        callbacks.extend(checkpoint_callbacks(root / "checkpoints"))
+    loggers = [
+        TensorBoardLogger(save_dir=str(root), name="lightning_logs"),
+        CSVLogger(save_dir=str(root), name="csv_logs"),
+    ]
+    # Every flag of cli/trainer_flags.py, plus what this command controls.
+    kwargs = {f.name: getattr(args, f.name) for f in trainer_flags()}
+    try:
+        return pl.Trainer(
+            **kwargs,
+            default_root_dir=str(root),
+            callbacks=callbacks,
+            logger=loggers,
+            # Keep fastMRI's samplers (VolumeSampler sends whole volumes to
+            # one rank for validation); the data module makes them.
+            use_distributed_sampler=False,
+        )
+    except (MisconfigurationException, ValueError, TypeError, RuntimeError) as err:
+        raise UsageError(f"invalid trainer option: {one_line(err)}") from None
+
+
+def cap_num_workers(requested: int, cpus: Optional[int] = None):
+    """fastMRI's ``--num_workers`` (default 4), at most one per available CPU.
+
+    More loader processes than CPUs only compete with the training process
+    (and make Lightning and torch warn).
+
+    Args:
+        requested: ``--num_workers``.
+        cpus: CPUs available to this process; None asks the OS.
+
+    Returns:
+        ``(num_workers, note)``; ``note`` is None when nothing was capped.
+    """
+    import os
+
+    if cpus is None:
+        try:
+            cpus = len(os.sched_getaffinity(0))
+        except AttributeError:  # not on Linux
+            cpus = os.cpu_count() or 1
+    if requested <= cpus:
+        return requested, None
+    return cpus, (
+        f"note: --num_workers {requested} is more than the {cpus} CPU(s) available; "
+        f"using {cpus} data loader workers"
+    )
+
+
+def build_data_module(args: argparse.Namespace, distributed_sampler: bool):
+    """FastMriDataModule with the demo's transforms.
+
+    Training masks are random per call (``use_seed=False``); validation
+    masks are seeded by file name (``use_seed=True``) so every epoch and every
+    run sees the same inputs; test data carry their own mask.
+    """
+    from fastmri.data.subsample import create_mask_for_mask_type
+    from fastmri.data.transforms import UnetDataTransform
+
+    mask = create_mask_for_mask_type(args.mask_type, args.center_fractions, args.accelerations)
+    cls = data_module_class()
+    return cls(
+        data_path=args.data_path,
+        challenge=args.challenge,
+        train_transform=UnetDataTransform(args.challenge, mask_func=mask, use_seed=False),
+        val_transform=UnetDataTransform(args.challenge, mask_func=mask, use_seed=True),
+        test_transform=UnetDataTransform(args.challenge),
+        combine_train_val=args.combine_train_val,
+        test_split=args.test_split,
+        test_path=args.test_path,
+        sample_rate=args.sample_rate,
+        val_sample_rate=args.val_sample_rate,
+        test_sample_rate=args.test_sample_rate,
+        volume_sample_rate=args.volume_sample_rate,
+        val_volume_sample_rate=args.val_volume_sample_rate,
+        test_volume_sample_rate=args.test_volume_sample_rate,
+        use_dataset_cache_file=args.use_dataset_cache_file,
+        dataset_cache_file=DATASET_CACHE_FILE,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        distributed_sampler=distributed_sampler,
+    )
+
+
+#: (metric logged by MriModule, label, format) of the summary's validation line.
+SUMMARY_METRICS = (
+    ("validation_loss", "validation_loss", ".4g"),
+    ("val_metrics/ssim", "SSIM", ".4f"),
+    ("val_metrics/psnr", "PSNR", ".2f"),
+    ("val_metrics/nmse", "NMSE", ".4g"),
+)
+
+
+def validation_summary(metrics: Dict[str, Any]) -> str:
+    """The last validation's loss, SSIM, PSNR and NMSE as one line ("" if none ran).
+
+    Args:
+        metrics: ``trainer.callback_metrics`` (the latest logged values).
+    """
+    parts = [f"{label} {float(metrics[key]):{fmt}}"
+             for key, label, fmt in SUMMARY_METRICS if key in metrics]
+    return ", ".join(parts)
+
+
+def _print_summary(args: argparse.Namespace, trainer) -> None:
+    root = Path(args.default_root_dir)
+    lines = [f"\n{PROG} ({args.mode}, {args.model_type}) outputs under {root}:"]
+    ckpt_dir = root / "checkpoints"
+    ckpts = sorted(p.name for p in ckpt_dir.glob("*.ckpt")) if ckpt_dir.is_dir() else []
+    if args.mode == "train":
+        lines.append(f"  checkpoints:      {ckpt_dir} ({', '.join(ckpts) or 'none'})")
+        callback = trainer.checkpoint_callback
+        if callback is not None and callback.best_model_path:
+            score = callback.best_model_score
+            best = f" (validation_loss {float(score):.4g})" if score is not None else ""
+            lines.append(f"  best checkpoint:  {callback.best_model_path}{best}")
+        last = validation_summary(trainer.callback_metrics)
+        if last:
+            lines.append(f"  last validation:  {last}")
+    else:
+        lines.append(f"  tested weights:   {args.ckpt_path}")
+    for logger in trainer.loggers:
+        name = type(logger).__name__
+        if name == "TensorBoardLogger":
+            lines.append(f"  TensorBoard logs: {logger.log_dir} (tensorboard --logdir {root})")
+        elif name == "CSVLogger":
+            lines.append(f"  CSV metrics:      {Path(logger.log_dir) / 'metrics.csv'}")
+    if args.mode == "test":
+        recon_dir = root / "reconstructions"
+        count = len(list(recon_dir.glob("*.h5"))) if recon_dir.is_dir() else 0
+        lines.append(f"  reconstructions:  {recon_dir} ({count} .h5 files)")
+    print("\n".join(lines), flush=True)
+
+
+def run(args: argparse.Namespace):
+    """Train or test as ``args.mode`` says; ``args`` already validated.
+
+    Returns:
+        The trainer, for callers that want its callbacks or loggers.
+    """
+    import pytorch_lightning as pl
+
+    if args.mode == "train":
+        module = build_module(args)
+    else:
+        module = load_trained_module(args.ckpt_path)
+    trainer = build_trainer(args)
+    if args.use_dataset_cache_file:
+        dropped = prune_dataset_cache(DATASET_CACHE_FILE)
+        if dropped and trainer.is_global_zero:
+            print(
+                f"note: dropped the entries of {', '.join(dropped)} from the dataset cache "
+                f"{DATASET_CACHE_FILE.resolve()}: their files changed since it was written",
+                flush=True,
+            )
+    args.num_workers, note = cap_num_workers(args.num_workers)
+    if note and trainer.is_global_zero:
+        print(note, flush=True)
+    data_module = build_data_module(args, uses_distributed_sampler(trainer))
+    pl.seed_everything(args.seed)
+    if args.mode == "train":
+        if args.ckpt_path is not None and trainer.is_global_zero:
+            print(f"Resuming from {args.ckpt_path}", flush=True)
+        trainer.fit(module, datamodule=data_module, ckpt_path=args.ckpt_path)
+    else:
+        if trainer.is_global_zero:
+            print(f"Testing weights from {args.ckpt_path}", flush=True)
+        trainer.test(module, datamodule=data_module)
+    if trainer.is_global_zero:
+        _print_summary(args, trainer)
+    return trainer
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Command-line entry point (``fastmri-growth-train``).
+
+    Args:
+        argv: Arguments without the program name; ``None`` reads ``sys.argv``.
+
+    Returns:
+        0 on success, 2 on bad input (one line on stderr, nothing written).
+    """
+    args = parse_args(argv)
+    try:
+        validate_args(args)
+        run(args)
+    except UsageError as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr, flush=True)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
