@@ -110,23 +110,25 @@ def module_class(count_flops: bool = True):
     """
     from torch.utils.flop_counter import FlopCounterMode
 
-    from fastmri_growth.pl_modules import DynamicUnetModule
+    from fastmri_growth.pl_modules import DynamicUnetModule, GrowthCallback
 
-    class CountingDynamicUnetModule(DynamicUnetModule):
-        growth_flops = 0
-        growth_seconds = 0.0
-
-        def grow(self, sites, batch, epoch):
+    class CountingGrowthCallback(GrowthCallback):
+        def grow(self, trainer, pl_module, batches, sites, epoch):
             start = time.perf_counter()
             if not count_flops:
-                reports = super().grow(sites, batch, epoch)
-                self.growth_seconds += time.perf_counter() - start
+                reports = super().grow(trainer, pl_module, batches, sites, epoch)
+                pl_module.growth_seconds += time.perf_counter() - start
                 return reports
             with FlopCounterMode(display=False) as fc:
-                reports = super().grow(sites, batch, epoch)
-            self.growth_seconds += time.perf_counter() - start
-            self.growth_flops += int(fc.get_total_flops())
+                reports = super().grow(trainer, pl_module, batches, sites, epoch)
+            pl_module.growth_seconds += time.perf_counter() - start
+            pl_module.growth_flops += int(fc.get_total_flops())
             return reports
+
+    class CountingDynamicUnetModule(DynamicUnetModule):
+        growth_callback_class = CountingGrowthCallback
+        growth_flops = 0
+        growth_seconds = 0.0
 
     return CountingDynamicUnetModule
 

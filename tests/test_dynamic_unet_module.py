@@ -331,7 +331,9 @@ def test_midway_checkpoint_holds_the_grown_model(runs):
     ckpt = torch.load(runs["midway"], map_location="cpu", weights_only=False)
     assert ckpt["epoch"] == 1
     assert ckpt["state_dict"]["unet.down_sample_layers.0.layers.4.weight"].shape[0] == 3
-    assert ckpt["dynamic_unet"]["schedule_state"]["grown_epochs"] == [1]
+    # Widths under the module's key; the schedule is the growth callback's state.
+    assert ckpt["dynamic_unet"]["widths"]["down_0"] == {"conv1_out": 2, "conv2_out": 3}
+    assert ckpt["callbacks"]["GrowthCallback"]["schedule"]["grown_epochs"] == [1]
 
 
 def test_load_from_checkpoint_returns_grown_model(runs):
@@ -366,31 +368,40 @@ def test_load_module_reads_a_lightning2_unet_module_checkpoint(knee, tmp_path):
 
 
 class OptimizerProbe(DynamicUnetModule):
-    """Snapshots optimizer and scheduler right before and right after growth."""
+    """Snapshots optimizer and scheduler right before and right after growth.
 
-    def grow(self, sites, batch, epoch):
+    "Before": at the start of every epoch (growth happens at the epoch's
+    first batch, before any step); "after": the module's ``on_growth`` hook.
+    """
+
+    def on_train_epoch_start(self):
+        super().on_train_epoch_start()
         opt = self.trainer.optimizers[0]
-        sched = self.trainer.lr_scheduler_configs[0].scheduler
         params_before = dict(self.named_parameters())
-        values_before = {n: q.detach().clone() for n, q in params_before.items()}
-        state_objects = {n: opt.state.get(p) for n, p in params_before.items()}
-        state_values = {n: {k: v.clone() for k, v in opt.state[p].items()} for n, p in params_before.items()}
-        reports = super().grow(sites, batch, epoch)
+        self._before = dict(
+            opt=opt, sched=self.trainer.lr_scheduler_configs[0].scheduler,
+            params_before=params_before,
+            values_before={n: q.detach().clone() for n, q in params_before.items()},
+            state_objects={n: opt.state.get(p) for n, p in params_before.items()},
+            state_values={n: {k: v.clone() for k, v in opt.state[p].items()}
+                          for n, p in params_before.items()},
+        )
+
+    def on_growth(self, reports):
+        b = self._before
+        opt, sched = b["opt"], b["sched"]
         opt_after = self.trainer.optimizers[0]
         params_after = dict(self.named_parameters())
         self.probe = dict(
-            opt=opt, opt_after=opt_after, sched=sched,
-            sched_after=self.trainer.lr_scheduler_configs[0].scheduler,
+            b, opt_after=opt_after, sched_after=self.trainer.lr_scheduler_configs[0].scheduler,
             last_epoch=sched.last_epoch, lr=[g["lr"] for g in opt.param_groups],
-            params_before=params_before, params_after=params_after, values_before=values_before,
+            params_after=params_after,
             values_after={n: q.detach().clone() for n, q in params_after.items()},
-            state_objects=state_objects, state_values=state_values,
             state_after={n: {k: v.clone() for k, v in opt_after.state.get(p, {}).items()}
                          for n, p in params_after.items()},
             state_after_objects={n: opt_after.state.get(p) for n, p in params_after.items()},
             opt_param_ids=[id(p) for g in opt_after.param_groups for p in g["params"]],
         )
-        return reports
 
 
 GROWN = {  # growing down_0's second conv by one filter: what changes, along which dim
@@ -462,12 +473,13 @@ def test_reset_optimizer_recreates_optimizer_and_scheduler(knee, tmp_path):
 class NewWeightProbe(DynamicUnetModule):
     """Grown weights right after growth and at the end of every epoch."""
 
-    def grow(self, sites, batch, epoch):
-        before = {n: q.detach().clone() for n, q in self.named_parameters()}
-        reports = super().grow(sites, batch, epoch)
+    def on_train_epoch_start(self):
+        super().on_train_epoch_start()
+        self._epoch_start = {n: q.detach().clone() for n, q in self.named_parameters()}
+
+    def on_growth(self, reports):
+        self.before_growth = self._epoch_start
         self.after_growth = {n: q.detach().clone() for n, q in self.named_parameters()}
-        self.before_growth = before
-        return reports
 
     def on_train_epoch_end(self):
         super().on_train_epoch_end()

@@ -1,13 +1,22 @@
-"""Pure-torch growing U-Net (no Lightning import)."""
+"""Pure-torch growing U-Net (no Lightning import).
 
-from .dynamic_unet import DynamicUnet, DynamicUnetModel, architecture_from_state_dict, default_widths
-from .growth import GROWTH_METHODS, GrowthReport, generate_candidates
-from .optim import grow_optimizer_state
+The growth engine itself is backbone-agnostic and lives in
+:mod:`fastmri_growth.growth`; this package holds the backbones and re-exports
+the engine's public pieces under their old names.
+"""
+
+from ..growth.candidates import generate_candidates
+from ..growth.methods import METHODS as GROWTH_METHODS
+from ..growth.optim import grow_optimizer_state, remap_optimizer_state
+from ..growth.report import GrowthReport
+from .dynamic_unet import DynamicUnet, DynamicUnetModel
 from .scoring import brute_force_scores, score_candidates
 from .topology import layer_ids
+from .unet_spec import architecture_from_state_dict, default_widths
 
 __all__ = [
     "DynamicUnet", "DynamicUnetModel", "GrowthReport", "GROWTH_METHODS",
     "architecture_from_state_dict", "brute_force_scores", "default_widths",
-    "generate_candidates", "grow_optimizer_state", "layer_ids", "score_candidates",
+    "generate_candidates", "grow_optimizer_state", "layer_ids", "remap_optimizer_state",
+    "score_candidates",
 ]

@@ -1,16 +1,18 @@
 """DynamicUnet: fastMRI's U-Net that can grow conv filters during training."""
 
-import re
-from typing import Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..growth.engine import grow
+from ..growth.methods import check_method_name, get_method, option_default
+from ..growth.net import Consumer, SiteSpec, avg_pool_2x2, channelwise, reflect_pad_to
+from ..growth.sites import Site, check_conv_idx
 from .blocks import ConvBlock, TransposeConvBlock
-from .topology import Consumer, layer_ids, parse_layer_id
-
-Widths = Dict[str, Dict[str, int]]
+from .topology import layer_ids, parse_layer_id
+from .unet_spec import Widths, architecture_from_state_dict, check_widths, default_widths
 
 
 class DynamicUnet(nn.Module):
@@ -19,8 +21,10 @@ class DynamicUnet(nn.Module):
     Module names and state-dict keys are fastMRI's (``down_sample_layers``,
     ``conv``, ``up_transpose_conv``, ``up_conv``, ``ConvBlock.layers``), so a
     fastMRI state dict loads strictly and gives identical outputs. Growth adds
-    output filters to one block conv at a time and gives every consumer of the
-    new channel a matching input slice (see :mod:`.topology`).
+    output filters to block convs and gives every consumer of the new channel
+    a matching input slice; the network implements the engine's
+    :class:`~fastmri_growth.growth.net.GrowableNet` protocol, which is all
+    the engine needs.
 
     The widths have one source of truth: the parameter shapes themselves.
     :meth:`get_network_size` reads them, every surgery changes them, and
@@ -29,6 +33,16 @@ class DynamicUnet(nn.Module):
     Layer ids: ``down_0`` .. ``down_{P-1}`` (``down_0`` at full resolution),
     ``bottleneck``, ``up_0`` .. ``up_{P-1}`` (``up_0`` next to the bottleneck).
     ``conv_idx`` 0 or 1 selects a block's first or second conv.
+
+    Who consumes a new output channel (fastMRI's topology, declared here
+    rather than traced):
+
+    * conv1 of a block feeds conv2 of the same block;
+    * conv2 of ``down_i`` feeds conv1 of the next encoder block (after 2x2
+      average pooling) and the decoder conv1 that takes skip ``i``; the skip
+      is concatenated after the up-sampled tensor, so it is appended there;
+    * conv2 of the bottleneck feeds the first transposed conv (input dim 0);
+    * conv2 of ``up_j`` feeds transposed conv ``j+1``, or the final 1x1 conv.
     """
 
     def __init__(
@@ -39,7 +53,7 @@ class DynamicUnet(nn.Module):
         num_pool_layers: int = 4,
         drop_prob: float = 0.0,
         growth_method: str = "sample_select",
-        n_candidates: int = 10,
+        n_candidates: int = option_default("n_candidates"),
         widths: Optional[Mapping[str, Mapping[str, int]]] = None,
         transpose_widths: Optional[Sequence[int]] = None,
     ):
@@ -61,33 +75,25 @@ class DynamicUnet(nn.Module):
                 convs. Defaults to fastMRI's.
         """
         super().__init__()
-        from .growth import GROWTH_METHODS  # local: growth imports this module
-
         for name, value in (("in_chans", in_chans), ("out_chans", out_chans),
                             ("chans", chans), ("num_pool_layers", num_pool_layers)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         if not 0.0 <= float(drop_prob) < 1.0:
             raise ValueError(f"drop_prob must be in [0, 1), got {drop_prob!r}")
-        if growth_method not in GROWTH_METHODS:
-            raise ValueError(
-                f"Unknown growth_method {growth_method!r}; valid methods: "
-                f"{', '.join(GROWTH_METHODS)}"
-            )
+        check_method_name(growth_method)
         if not isinstance(n_candidates, int) or n_candidates < 1:
             raise ValueError(f"n_candidates must be an int >= 1, got {n_candidates!r}")
 
         self.in_chans = in_chans
         self.out_chans = out_chans
-        self.chans = chans
         self.num_pool_layers = num_pool_layers
         self.drop_prob = drop_prob
         self.growth_method = growth_method
         self.n_candidates = n_candidates
 
         P = num_pool_layers
-        default = default_widths(chans, P)
-        widths = _check_widths(default if widths is None else widths, P)
+        widths = check_widths(default_widths(chans, P) if widths is None else widths, P)
         if transpose_widths is None:
             transpose_widths = [chans * 2 ** (P - 1 - j) for j in range(P)]
         transpose_widths = list(transpose_widths)
@@ -95,12 +101,17 @@ class DynamicUnet(nn.Module):
             raise ValueError(
                 f"transpose_widths must hold {P} positive ints, got {transpose_widths!r}"
             )
+        self._build(widths, [int(t) for t in transpose_widths])
+
+    def _build(self, widths: Widths, transpose_widths: List[int]) -> None:
+        """(Re)create every layer at the given widths (fastMRI's module names)."""
+        P, drop = self.num_pool_layers, self.drop_prob
 
         def block(in_ch, w):
-            return ConvBlock(in_ch, w["conv2_out"], drop_prob, mid_chans=w["conv1_out"])
+            return ConvBlock(in_ch, w["conv2_out"], drop, mid_chans=w["conv1_out"])
 
         self.down_sample_layers = nn.ModuleList()
-        ch = in_chans
+        ch = self.in_chans
         for i in range(P):
             self.down_sample_layers.append(block(ch, widths[f"down_{i}"]))
             ch = widths[f"down_{i}"]["conv2_out"]
@@ -109,13 +120,13 @@ class DynamicUnet(nn.Module):
         self.up_conv = nn.ModuleList()
         self.up_transpose_conv = nn.ModuleList()
         for j in range(P):
-            t = int(transpose_widths[j])
+            t = transpose_widths[j]
             skip = widths[f"down_{P - 1 - j}"]["conv2_out"]
             self.up_transpose_conv.append(TransposeConvBlock(ch, t))
             up = block(t + skip, widths[f"up_{j}"])
             ch = widths[f"up_{j}"]["conv2_out"]
             if j == P - 1:
-                up = nn.Sequential(up, nn.Conv2d(ch, out_chans, kernel_size=1, stride=1))
+                up = nn.Sequential(up, nn.Conv2d(ch, self.out_chans, kernel_size=1, stride=1))
             self.up_conv.append(up)
 
     # ------------------------------------------------------------------ build
@@ -130,11 +141,8 @@ class DynamicUnet(nn.Module):
         Returns:
             A model whose outputs equal ``unet``'s.
         """
-        model = cls.from_state_dict(unet.state_dict(), drop_prob=getattr(unet, "drop_prob", 0.0), **kwargs)
-        chans = getattr(unet, "chans", None)
-        if isinstance(chans, int):
-            model.chans = chans
-        return model
+        return cls.from_state_dict(unet.state_dict(), drop_prob=getattr(unet, "drop_prob", 0.0),
+                                   **kwargs)
 
     @classmethod
     def from_state_dict(cls, state_dict: Mapping[str, torch.Tensor], drop_prob: float = 0.0,
@@ -170,7 +178,48 @@ class DynamicUnet(nn.Module):
         model.load_state_dict(sd, strict=True)
         return model
 
+    def resize_from_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> None:
+        """Rebuild the layers in place at the widths of a state dict's shapes.
+
+        For checkpoints: Lightning loads a grown module's weights into the
+        module it built, so the network must first take the saved widths.
+        The weights are not loaded; dtype and device are kept.
+
+        Args:
+            state_dict: A DynamicUnet / fastMRI Unet state dict (``unet.``
+                prefix allowed).
+
+        Raises:
+            ValueError: the tensors match no valid DynamicUnet, or another
+                architecture (in/out channels, pools) than this one.
+        """
+        spec = architecture_from_state_dict(state_dict)
+        if (spec["in_chans"], spec["out_chans"], spec["num_pool_layers"]) != (
+                self.in_chans, self.out_chans, self.num_pool_layers):
+            raise ValueError(
+                f"the state dict holds a U-Net with in_chans={spec['in_chans']}, "
+                f"out_chans={spec['out_chans']}, num_pool_layers={spec['num_pool_layers']}, "
+                f"but this one has in_chans={self.in_chans}, out_chans={self.out_chans}, "
+                f"num_pool_layers={self.num_pool_layers}"
+            )
+        if spec["widths"] == self.get_network_size() and \
+                spec["transpose_widths"] == self.transpose_widths():
+            return
+        ref = next(self.parameters())
+        self._build(spec["widths"], spec["transpose_widths"])
+        self.to(device=ref.device, dtype=ref.dtype)
+
     # ----------------------------------------------------------------- access
+    @property
+    def chans(self) -> int:
+        """Output channels of the first conv (fastMRI's ``Unet.chans``), read from the weights."""
+        return self.down_sample_layers[0].layers[0].weight.shape[0]
+
+    @classmethod
+    def site_ids(cls, num_pool_layers: int) -> List[Site]:
+        """Every growth site of a U-Net with ``num_pool_layers`` pools, without building it."""
+        return [Site(lid, c) for lid in layer_ids(num_pool_layers) for c in (0, 1)]
+
     def layer_ids(self) -> List[str]:
         """The growable layer ids, in :meth:`get_network_size` order."""
         return layer_ids(self.num_pool_layers)
@@ -203,7 +252,7 @@ class DynamicUnet(nn.Module):
         Returns:
             The ``nn.Conv2d``, weight `(C_out, C_in, 3, 3)`.
         """
-        _check_conv_idx(conv_idx)
+        check_conv_idx(conv_idx)
         return self.block(layer_id).layers[4 * conv_idx]
 
     @property
@@ -212,36 +261,63 @@ class DynamicUnet(nn.Module):
         return self.up_conv[-1][1]
 
     def consumers(self, layer_id: str, conv_idx: int) -> List[Consumer]:
-        """The layers that read a new output channel of a growth site.
+        """The convs that read a new output channel of a growth site.
 
         Args:
             layer_id: A layer id from :meth:`layer_ids`.
             conv_idx: 0 or 1.
 
         Returns:
-            The consumers, each taking the new channel as its LAST input
-            channel.
+            The consumers (see the class docstring for the topology).
         """
         part, idx = parse_layer_id(layer_id, self.num_pool_layers)
-        _check_conv_idx(conv_idx)
+        check_conv_idx(conv_idx)
         P = self.num_pool_layers
         if conv_idx == 0:
-            return [Consumer(self.block(layer_id).layers[4], "conv3x3", False, f"{layer_id}.conv2")]
+            return [Consumer(self.block(layer_id).layers[4], f"{layer_id}.conv2")]
         if part == "down":
             nxt = f"down_{idx + 1}" if idx + 1 < P else "bottleneck"
             dec = f"up_{P - 1 - idx}"
             return [
-                Consumer(self.block(nxt).layers[0], "conv3x3", True, f"{nxt}.conv1"),
-                Consumer(self.block(dec).layers[0], "conv3x3", False, f"{dec}.conv1 (skip)",
+                Consumer(self.block(nxt).layers[0], f"{nxt}.conv1", transform=avg_pool_2x2),
+                Consumer(self.block(dec).layers[0], f"{dec}.conv1 (skip)",
                          channel_offset=self.transpose_widths()[P - 1 - idx]),
             ]
         if part == "bottleneck":
-            return [Consumer(self.up_transpose_conv[0].layers[0], "transpose2x2", False,
-                             "up_transpose_0")]
+            return [Consumer(self.up_transpose_conv[0].layers[0], "up_transpose_0")]
         if idx + 1 < P:
-            return [Consumer(self.up_transpose_conv[idx + 1].layers[0], "transpose2x2", False,
-                             f"up_transpose_{idx + 1}")]
-        return [Consumer(self.final_conv, "conv1x1", False, "final_conv")]
+            return [Consumer(self.up_transpose_conv[idx + 1].layers[0], f"up_transpose_{idx + 1}")]
+        return [Consumer(self.final_conv, "final_conv")]
+
+    def growth_sites(self) -> List[Site]:
+        """Every growth site, in network order (GrowableNet protocol)."""
+        return self.site_ids(self.num_pool_layers)
+
+    def site(self, layer_id: str, conv_idx: Any) -> Site:
+        """The :class:`Site` of a layer id and conv index, validated.
+
+        Raises:
+            ValueError: naming the bad value and the valid ones.
+        """
+        parse_layer_id(layer_id, self.num_pool_layers)
+        check_conv_idx(conv_idx)
+        return Site(layer_id, conv_idx)
+
+    def site_spec(self, site: Union[Site, tuple]) -> SiteSpec:
+        """The live description of a site (GrowableNet protocol).
+
+        Raises:
+            ValueError: an unknown site, naming the valid layer ids and convs.
+        """
+        site = Site(*site) if isinstance(site, tuple) else site
+        if site.net:
+            raise ValueError(f"a DynamicUnet has no sub-network {site.net!r}; drop the NET/ prefix")
+        site = self.site(site.layer, site.conv)
+        blk = self.block(site.layer)
+        first = 4 * site.conv
+        return SiteSpec(site=site, conv=blk.layers[first],
+                        post=channelwise(blk.layers[first + 1:first + 4]),
+                        consumers=self.consumers(site.layer, site.conv))
 
     def get_network_size(self) -> Widths:
         """Output widths of every block conv, read from the parameters.
@@ -259,7 +335,7 @@ class DynamicUnet(nn.Module):
         }
 
     def transpose_widths(self) -> List[int]:
-        """Output widths of the P transposed convs (fixed by growth)."""
+        """Output widths of the P transposed convs."""
         return [t.layers[0].weight.shape[1] for t in self.up_transpose_conv]
 
     def num_parameters(self) -> int:
@@ -269,10 +345,9 @@ class DynamicUnet(nn.Module):
     def sync_attributes(self) -> None:
         """Refresh the informational width attributes after a surgery.
 
-        The parameters are the source of truth; this keeps fastMRI's
-        ``in_chans``/``out_chans`` attributes, the convs' channel counts and
-        the InstanceNorms' ``num_features`` consistent with them for
-        ``repr`` and for code that reads them.
+        The parameters are the source of truth; this keeps the convs' channel
+        counts and the InstanceNorms' ``num_features`` consistent with them
+        for ``repr`` and for code that reads them.
         """
         for lid in self.layer_ids():
             blk = self.block(lid)
@@ -310,21 +385,74 @@ class DynamicUnet(nn.Module):
             downsample_layer = stack.pop()
             output = transpose_conv(output)
             # Odd input sizes: reflect-pad right/bottom, exactly as fastMRI.
-            pad_w = int(output.shape[-1] != downsample_layer.shape[-1])
-            pad_h = int(output.shape[-2] != downsample_layer.shape[-2])
-            if pad_w or pad_h:
-                output = F.pad(output, [0, pad_w, 0, pad_h], "reflect")
+            output = reflect_pad_to(output, tuple(downsample_layer.shape[-2:]))
             output = torch.cat([output, downsample_layer], dim=1)
             output = conv(output)
         return output
 
     # ----------------------------------------------------------------- growth
+    def check_batches(self, batch_data, target_data) -> List[tuple]:
+        """Validate scoring batches and pair them up.
+
+        Args:
+            batch_data: One batch `(N, in_chans, H, W)` or a list of them.
+            target_data: Matching target(s) `(N, out_chans, H, W)` (or
+                `(N, H, W)` when ``out_chans == 1``).
+
+        Returns:
+            ``[(image, target), ...]``.
+
+        Raises:
+            ValueError: naming the bad batch and what was expected.
+        """
+        xs = list(batch_data) if isinstance(batch_data, (list, tuple)) else [batch_data]
+        ys = list(target_data) if isinstance(target_data, (list, tuple)) else [target_data]
+        if len(xs) != len(ys):
+            raise ValueError(
+                f"got {len(xs)} batches but {len(ys)} targets; pass one target per batch")
+        if not xs:
+            raise ValueError("batch_data is an empty list; pass at least one batch")
+        ref = next(self.parameters())
+        pairs = []
+        for i, (x, y) in enumerate(zip(xs, ys)):
+            at = f" (batch {i})" if len(xs) > 1 else ""
+            for name, t in (("batch_data", x), ("target_data", y)):
+                if not torch.is_tensor(t):
+                    raise ValueError(f"{name}{at} must be a torch.Tensor, got {type(t).__name__}")
+                if t.device != ref.device:
+                    raise ValueError(f"{name}{at} is on device {t.device} but the model is on {ref.device}")
+                if t.dtype != ref.dtype:
+                    raise ValueError(
+                        f"{name}{at} has dtype {t.dtype} but the model's weights are {ref.dtype}")
+            if x.dim() != 4 or x.shape[1] != self.in_chans:
+                raise ValueError(
+                    f"batch_data{at} must have shape (N, {self.in_chans}, H, W), got {tuple(x.shape)}")
+            if x.shape[0] == 0:
+                raise ValueError(f"batch_data{at} holds no samples (shape {tuple(x.shape)})")
+            n, _, h, w = x.shape
+            valid = [(n, self.out_chans, h, w)] + ([(n, h, w)] if self.out_chans == 1 else [])
+            if tuple(y.shape) not in valid:
+                raise ValueError(
+                    f"target_data{at} shape {tuple(y.shape)} does not match the batch; valid "
+                    f"shapes: {' or '.join(map(str, valid))}"
+                )
+            pairs.append((x, y))
+        return pairs
+
+    def loss_fn(self, criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]):
+        """``loss_fn((image, target)) -> criterion(self(image), target)`` for the engine."""
+        def loss(batch):
+            image, target = batch
+            out = self(image)
+            return criterion(out, prepare_target(out, target))
+        return loss
+
     def grow_network(
         self,
         layer_idx: str,
         conv_idx: int,
-        batch_data: Optional[torch.Tensor],
-        target_data: Optional[torch.Tensor],
+        batch_data,
+        target_data,
         criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.l1_loss,
         n_new: int = 1,
         method: Optional[str] = None,
@@ -332,198 +460,73 @@ class DynamicUnet(nn.Module):
         candidates: Optional[torch.Tensor] = None,
         generator: Optional[torch.Generator] = None,
         reduce_fn: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+        **method_options,
     ):
-        """Add ``n_new`` filters to one conv, keeping the function (see methods).
+        """Add ``n_new`` filters to one conv, keeping the function (see the methods).
 
         Args:
             layer_idx: Layer id, e.g. ``"down_0"``, ``"bottleneck"``, ``"up_1"``.
             conv_idx: 0 for the block's first conv, 1 for its second.
-            batch_data: Input batch `(N, in_chans, H, W)` used to score.
-            target_data: Target `(N, out_chans, H, W)` (or `(N, H, W)` when
-                ``out_chans == 1``).
+            batch_data: Scoring batch `(N, in_chans, H, W)`, or a list of
+                batches (the score is then the gradient of their mean loss).
+                None only for ``split`` on existing ``.grad``.
+            target_data: Target(s) `(N, out_chans, H, W)` (or `(N, H, W)`
+                when ``out_chans == 1``), one per batch.
             criterion: Loss ``criterion(output, target)``; fastMRI's U-Net
                 uses L1.
             n_new: Number of filters to add.
-            method: ``"sample_select"`` or ``"split"``; defaults to the
-                constructor's ``growth_method``.
-            split_noise: Symmetry-breaking noise for ``split`` (see
-                :func:`fastmri_growth.models.growth.split`).
-            candidates: Optional explicit candidate fan-ins
-                `(K, C_in, 3, 3)` for ``sample_select``.
+            method: A registered growth method; defaults to the constructor's
+                ``growth_method``.
+            split_noise: Symmetry-breaking noise for ``split``.
+            candidates: Optional explicit candidate fan-ins `(K, C_in, 3, 3)`
+                for ``sample_select``.
             generator: Optional random generator (identical seeds on every
                 DDP rank give identical candidates and noise).
-            reduce_fn: Optional function applied to every gradient statistic
-                before it is scored (e.g. a DDP all-reduce mean).
+            reduce_fn: Optional function applied to the accumulated
+                statistics before they are scored (e.g. a DDP mean).
+            **method_options: Options of other registered methods.
 
         Returns:
-            A :class:`fastmri_growth.models.growth.GrowthReport`.
+            A :class:`fastmri_growth.growth.GrowthReport`.
 
         Raises:
             ValueError: On bad arguments, before anything changes.
             RuntimeError: On a non-finite loss or score; the model is unchanged.
         """
-        from .growth import grow
-
-        return grow(
-            self, layer_idx, conv_idx, batch_data, target_data, criterion=criterion,
-            n_new=n_new, method=method, split_noise=split_noise, candidates=candidates,
+        site = self.site(layer_idx, conv_idx)
+        name = check_method_name(self.growth_method if method is None else method)
+        m = get_method(name, n_candidates=self.n_candidates, split_noise=split_noise,
+                       **method_options)
+        if not isinstance(n_new, int) or isinstance(n_new, bool) or n_new < 1:
+            raise ValueError(f"n_new must be an int >= 1, got {n_new!r}")
+        m.check(self.site_spec(site), n_new, candidates)
+        if batch_data is None and target_data is None and not m.needs_batches:
+            batches = None
+        elif batch_data is None or target_data is None:
+            raise ValueError(f"{name} needs batch_data and target_data (got None)")
+        else:
+            batches = self.check_batches(batch_data, target_data)
+        (report,) = grow(
+            self, [site], m, batches, self.loss_fn(criterion), n_new,
+            candidates=None if candidates is None else {site: candidates},
             generator=generator, reduce_fn=reduce_fn,
         )
+        return report
 
 
 DynamicUnetModel = DynamicUnet
 
 
-def default_widths(chans: int, num_pool_layers: int) -> Widths:
-    """fastMRI's widths for a given ``chans`` and number of pools.
+def prepare_target(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Shape the target like the output (fastMRI targets have no channel dim).
 
     Args:
-        chans: Output channels of the first conv.
-        num_pool_layers: Number of pools P.
+        output: Model output `(N, C, H, W)`.
+        target: `(N, C, H, W)`, or `(N, H, W)` when ``C == 1``.
 
     Returns:
-        Widths in :meth:`DynamicUnet.get_network_size` format.
+        The target as `(N, C, H, W)`.
     """
-    P = num_pool_layers
-    w = {}
-    for i in range(P):
-        w[f"down_{i}"] = {"conv1_out": chans * 2 ** i, "conv2_out": chans * 2 ** i}
-    w["bottleneck"] = {"conv1_out": chans * 2 ** P, "conv2_out": chans * 2 ** P}
-    for j in range(P):
-        c = chans * 2 ** (P - 1 - j)
-        w[f"up_{j}"] = {"conv1_out": c, "conv2_out": c}
-    return w
-
-
-def _check_conv_idx(conv_idx) -> None:
-    if type(conv_idx) is not int or conv_idx not in (0, 1):
-        raise ValueError(f"conv_idx must be 0 (first conv) or 1 (second conv), got {conv_idx!r}")
-
-
-def _check_widths(widths: Mapping[str, Mapping[str, int]], P: int) -> Widths:
-    expected = layer_ids(P)
-    if sorted(widths) != sorted(expected):
-        raise ValueError(
-            f"widths must have exactly the layer ids {expected}, got {sorted(widths)}"
-        )
-    out = {}
-    for lid in expected:
-        w = widths[lid]
-        try:
-            c1, c2 = int(w["conv1_out"]), int(w["conv2_out"])
-        except (KeyError, TypeError, ValueError):
-            raise ValueError(f"widths[{lid!r}] must have int 'conv1_out' and 'conv2_out', got {w!r}")
-        if c1 < 1 or c2 < 1:
-            raise ValueError(f"widths[{lid!r}] must be positive, got {w!r}")
-        out[lid] = {"conv1_out": c1, "conv2_out": c2}
-    return out
-
-
-_DOWN_KEY = re.compile(r"^down_sample_layers\.(\d+)\.layers\.0\.weight$")
-
-
-def architecture_from_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict:
-    """Read a U-Net's architecture from its tensor shapes.
-
-    Args:
-        state_dict: A DynamicUnet / fastMRI Unet state dict, optionally with
-            a ``"unet."`` prefix.
-
-    Returns:
-        ``{"in_chans", "out_chans", "num_pool_layers", "widths",
-        "transpose_widths"}``.
-
-    Raises:
-        ValueError: If the tensors are not those of a valid U-Net, naming the
-            first inconsistent key.
-    """
-    # Error messages name keys as the caller spelled them (with any prefix).
-    pre = "unet." if any(k.startswith("unet.") for k in state_dict) else ""
-    sd = {k[len(pre):]: v for k, v in state_dict.items() if k.startswith(pre)}
-    pools = sorted(int(m.group(1)) for k in sd if (m := _DOWN_KEY.match(k)))
-    ups = {int(k.split(".")[1]) for k in sd if k.startswith("up_transpose_conv.")}
-    P = max(pools + [u + 1 for u in ups], default=0)
-    if P == 0:
-        raise ValueError(
-            "state dict matches no valid DynamicUnet: no "
-            f"'{pre}down_sample_layers.<i>.layers.0.weight' keys"
-        )
-    missing = [f"{pre}down_sample_layers.{i}.layers.0.weight" for i in range(P) if i not in pools]
-    if missing:
-        raise ValueError(
-            f"state dict matches no valid DynamicUnet: missing key(s) {', '.join(missing)} "
-            f"(the other keys describe a U-Net with {P} pools)"
-        )
-
-    def shape(key, ndim, kernel=None):
-        if key not in sd:
-            raise ValueError(f"state dict matches no valid DynamicUnet: missing key {pre + key!r}")
-        s = tuple(sd[key].shape)
-        if len(s) != ndim or (kernel is not None and s[2:] != (kernel, kernel)):
-            want = f"a {kernel}x{kernel} kernel" if kernel else f"{ndim} dimensions"
-            raise ValueError(
-                f"state dict matches no valid DynamicUnet: {pre + key!r} has shape {s}, "
-                f"expected {want}"
-            )
-        return s
-
-    def block_prefix(lid):
-        part, idx = parse_layer_id(lid, P)
-        if part == "down":
-            return f"down_sample_layers.{idx}"
-        if part == "bottleneck":
-            return "conv"
-        return f"up_conv.{idx}.0" if idx == P - 1 else f"up_conv.{idx}"
-
-    widths, in_of = {}, {}
-    for lid in layer_ids(P):
-        p = block_prefix(lid)
-        s1 = shape(f"{p}.layers.0.weight", 4, kernel=3)
-        s2 = shape(f"{p}.layers.4.weight", 4, kernel=3)
-        if s2[1] != s1[0]:
-            raise ValueError(
-                f"state dict matches no valid DynamicUnet: {pre}{p}.layers.4.weight has "
-                f"{s2[1]} input channels but {pre}{p}.layers.0.weight has {s1[0]} outputs"
-            )
-        widths[lid] = {"conv1_out": s1[0], "conv2_out": s2[0]}
-        in_of[lid] = (f"{p}.layers.0.weight", s1[1])
-    tws = []
-    for j in range(P):
-        key = f"up_transpose_conv.{j}.layers.0.weight"
-        s = shape(key, 4, kernel=2)
-        src = widths["bottleneck" if j == 0 else f"up_{j - 1}"]["conv2_out"]
-        if s[0] != src:
-            raise ValueError(
-                f"state dict matches no valid DynamicUnet: {pre + key!r} has {s[0]} input "
-                f"channels, expected {src}"
-            )
-        tws.append(s[1])
-    in_chans = in_of["down_0"][1]
-    expect = {}
-    for i in range(1, P):
-        expect[f"down_{i}"] = widths[f"down_{i - 1}"]["conv2_out"]
-    expect["bottleneck"] = widths[f"down_{P - 1}"]["conv2_out"]
-    for j in range(P):
-        expect[f"up_{j}"] = tws[j] + widths[f"down_{P - 1 - j}"]["conv2_out"]
-    for lid, want in expect.items():
-        key, got = in_of[lid]
-        if got != want:
-            raise ValueError(
-                f"state dict matches no valid DynamicUnet: {pre + key!r} has {got} input "
-                f"channels, expected {want}"
-            )
-    fk = f"up_conv.{P - 1}.1.weight"
-    fs = shape(fk, 4, kernel=1)
-    bk = f"up_conv.{P - 1}.1.bias"
-    if bk not in sd or tuple(sd[bk].shape) != (fs[0],):
-        got = tuple(sd[bk].shape) if bk in sd else "missing"
-        raise ValueError(
-            f"state dict matches no valid DynamicUnet: {pre + bk!r} is {got}, expected shape ({fs[0]},)"
-        )
-    if fs[1] != widths[f"up_{P - 1}"]["conv2_out"]:
-        raise ValueError(
-            f"state dict matches no valid DynamicUnet: {pre + fk!r} has {fs[1]} input channels, "
-            f"expected {widths[f'up_{P - 1}']['conv2_out']}"
-        )
-    return {"in_chans": in_chans, "out_chans": fs[0], "num_pool_layers": P,
-            "widths": widths, "transpose_widths": tws}
+    if target.dim() == output.dim() - 1 and output.shape[1] == 1:
+        return target.unsqueeze(1)
+    return target

@@ -4,9 +4,11 @@ from pathlib import Path
 from typing import Union
 
 from .dynamic_unet_module import DynamicUnetModule
+from .growth_callback import GrowableModule, GrowthCallback
 from .lightning2 import Lightning2MriMixin, UnetModule, VarNetModule
 
-__all__ = ["DynamicUnetModule", "Lightning2MriMixin", "UnetModule", "VarNetModule", "load_module"]
+__all__ = ["DynamicUnetModule", "GrowableModule", "GrowthCallback", "Lightning2MriMixin",
+           "UnetModule", "VarNetModule", "load_module"]
 
 
 def load_module(checkpoint_path: Union[str, Path], map_location="cpu"):

@@ -1,0 +1,39 @@
+"""The growth engine: pure torch, backbone-agnostic.
+
+One small module per phase of the algorithm::
+
+    sites.py        Site: which conv grows, and how users name it
+    net.py          GrowableNet protocol: a backbone declares each site's conv,
+                    the channel-wise function after it, and its consumers
+    statistics.py   collect: one forward+backward per batch for every site
+    candidates.py   random candidate fan-ins, diverse selection
+    methods/        one module per growth method + the registry
+    surgery.py      add/remove output channels as old -> new index maps
+    optim.py        optimizer state follows the index maps
+    engine.py       grow(net, sites, method, batches, loss_fn) -> reports
+    schedule.py     when to grow
+    report.py       GrowthReport
+
+Importing this package loads neither Lightning nor fastMRI.
+"""
+
+from .candidates import generate_candidates, select_diverse
+from .engine import FAN_OUT_INITS, grow
+from .methods import METHODS, GrowthMethod, Option, Proposal, get_method, register_method
+from .net import Consumer, GrowableNet, SiteSpec, channelwise
+from .optim import grow_optimizer_state, remap_optimizer_state
+from .report import GrowthReport
+from .schedule import SCHEDULES, GrowthSchedule, parse_progressive
+from .scoring import brute_force_scores_at, score_candidates_at
+from .sites import Site, parse_sites
+from .statistics import Statistics, collect
+from .surgery import ParamChange, add_output_channels, remove_output_channels
+
+__all__ = [
+    "FAN_OUT_INITS", "METHODS", "SCHEDULES", "Consumer", "GrowableNet", "GrowthMethod",
+    "GrowthReport", "GrowthSchedule", "Option", "ParamChange", "Proposal", "Site", "SiteSpec",
+    "Statistics", "add_output_channels", "brute_force_scores_at", "channelwise", "collect",
+    "generate_candidates", "get_method", "grow", "grow_optimizer_state", "parse_progressive",
+    "parse_sites", "register_method", "remap_optimizer_state", "remove_output_channels",
+    "score_candidates_at", "select_diverse",
+]
