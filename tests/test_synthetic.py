@@ -26,8 +26,8 @@ from fastmri_growth.data.synthetic import (
     SPLITS,
     DatasetExistsError,
     _coil_sensitivities,
-    main,
 )
+from fastmri_growth.cli.synth import main
 from tests.conftest import SYNTHETIC_KWARGS
 
 R = SYNTHETIC_KWARGS["recon_size"]
@@ -407,7 +407,7 @@ def test_bad_arguments_raise_clear_errors(tmp_path, kwargs, message):
 
 def _cli(*args):
     return subprocess.run(
-        [sys.executable, "-m", "fastmri_growth.data.synthetic", *map(str, args)],
+        [sys.executable, "-m", "fastmri_growth.cli.synth", *map(str, args)],
         capture_output=True,
         text=True,
         timeout=120,

@@ -4,6 +4,7 @@ See :mod:`fastmri_growth.evaluation.plot` for what each plot shows.
 """
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 from typing import Optional, Sequence

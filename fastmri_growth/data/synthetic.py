@@ -28,9 +28,9 @@ arguments give byte-identical arrays, and a volume does not depend on which
 other splits or challenges are generated alongside it. Knee singlecoil and
 multicoil volumes of the same name show the same anatomy.
 
-Command line::
+Command line (:mod:`fastmri_growth.cli.synth`)::
 
-    python -m fastmri_growth.data.synthetic --out DIR \\
+    fastmri-growth-synth --out DIR \\
         --challenges knee_singlecoil --num-volumes train=8,val=2,test=2,challenge=2
 """
 
@@ -40,7 +40,6 @@ import hashlib
 import inspect
 import numbers
 import os
-import sys
 import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
@@ -65,7 +64,6 @@ __all__ = [
     "SPLITS",
     "DatasetExistsError",
     "generate_dataset",
-    "main",
 ]
 
 CHALLENGES = ("knee_singlecoil", "knee_multicoil", "brain_multicoil")
@@ -873,14 +871,3 @@ _DEFAULTS = {
     for name, p in inspect.signature(generate_dataset).parameters.items()
     if p.default is not inspect.Parameter.empty
 }
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``fastmri-growth-synth``: see :mod:`fastmri_growth.cli.synth`."""
-    from fastmri_growth.cli.synth import main as synth_main
-
-    return synth_main(argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -14,21 +14,17 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Union
 
 import h5py
 import numpy as np
 
 from fastmri_growth.data.fastmri_format import (
-    CHALLENGES,
     LEADERBOARD_CENTER_FRACTIONS,
     MASK_TYPES,
     check_challenge,
     check_split_dir,
-    expected_recon_shape,
-    h5_files,
     leaderboard_mask_type,
-    target_key,
 )
 
 if TYPE_CHECKING:  # torch is imported when a model runs, so the CLIs start fast

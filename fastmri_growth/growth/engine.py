@@ -130,16 +130,18 @@ def grow(
         c = m.candidates(spec, counts[spec.site], generator, given.get(spec.site))
         if c is not None:
             cands[spec.site] = c
+    accumulators = {}
+    for spec in specs:
+        acc = m.accumulator(spec, counts[spec.site])
+        if acc is not None:
+            accumulators[spec.site] = acc
+    want_w = "weight_grad" in m.wants()
     stats = None
-    if batches is not None:
-        accumulators = {}
-        for spec in specs:
-            acc = m.accumulator(spec, counts[spec.site])
-            if acc is not None:
-                accumulators[spec.site] = acc
+    # A method that scores nothing (no candidates, no statistics) runs no pass.
+    if batches is not None and (cands or accumulators or want_w):
         stats = collect(
             net, specs, batches, loss_fn, candidates=cands,
-            want_weight_grad=site_list if "weight_grad" in m.wants() else (),
+            want_weight_grad=site_list if want_w else (),
             accumulators=accumulators, reduce_fn=reduce_fn,
         )
     shared = time.perf_counter() - start

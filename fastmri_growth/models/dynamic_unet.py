@@ -1,6 +1,6 @@
 """DynamicUnet: fastMRI's U-Net that can grow conv filters during training."""
 
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, List, Mapping, Optional, Sequence, Union
 
 import torch
 from torch import nn

@@ -19,9 +19,8 @@ the grown widths in its checkpoints:
   so they take the same decision, and the DDP wrapper is rebuilt.
 """
 
-import copy
 from argparse import ArgumentParser
-from typing import Any, Dict, List, Optional
+from typing import List, Optional
 
 import torch
 from torch.nn import functional as F

@@ -246,12 +246,9 @@ class GrowthCallback(pl.Callback):
             self.schedule.mark_grown(epoch)
             return []
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        reduce_fn = None
-        if trainer is not None:
-            strategy = trainer.strategy
-
-            def reduce_fn(t):
-                return strategy.reduce(t, reduce_op="mean")
+        # Lightning's own reduction: a mean over DDP ranks, identity on one device.
+        reduce_fn = None if trainer is None else (
+            lambda t: trainer.strategy.reduce(t, reduce_op="mean"))
         reports = grow(net, list(budgets), self.method, batches, pl_module.growth_loss,
                        n_new=budgets, generator=generator, reduce_fn=reduce_fn)
         self.schedule.mark_grown(epoch)

@@ -1,0 +1,231 @@
+"""The growth engine's layout promises: old checkpoints and import paths, no cycles,
+one owner of fastMRI's format facts, a Lightning-free engine."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from fastmri.data import SliceDataset
+from fastmri.data.subsample import RandomMaskFunc
+from fastmri.data.transforms import UnetDataTransform
+from pytorch_lightning.callbacks import ModelCheckpoint
+from torch.utils.data import DataLoader
+
+from fastmri_growth.data.synthetic import generate_dataset
+from fastmri_growth.pl_modules import DynamicUnetModule, load_module
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGE = REPO / "fastmri_growth"
+OPTIONS = dict(chans=2, num_pool_layers=2, n_candidates=2, layers_to_grow=["down_0:1"],
+               growth_interval=2)
+
+
+# ------------------------------------------------------ checkpoints of older versions
+def to_legacy_format(ckpt: dict) -> dict:
+    """A checkpoint as the version before the growth callback wrote it.
+
+    That version kept the schedule under the module's ``"dynamic_unet"`` key
+    (``widths``, ``transpose_widths``, ``schedule_state``, ``last_validation``),
+    had no growth callback state and no ``plateau_min_delta`` hyperparameter;
+    its other keys are Lightning's and unchanged.
+    """
+    ckpt = dict(ckpt)
+    callbacks = dict(ckpt["callbacks"])
+    state = callbacks.pop("GrowthCallback")
+    ckpt["callbacks"] = callbacks
+    hparams = dict(ckpt["hyper_parameters"])
+    hparams.pop("plateau_min_delta")
+    ckpt["hyper_parameters"] = hparams
+    ckpt["dynamic_unet"] = dict(ckpt["dynamic_unet"], schedule_state=state["schedule"],
+                                last_validation=state["last_validation"])
+    assert sorted(ckpt) == sorted([
+        "epoch", "global_step", "pytorch-lightning_version", "state_dict", "loops", "callbacks",
+        "optimizer_states", "lr_schedulers", "hparams_name", "hyper_parameters", "dynamic_unet"])
+    return ckpt
+
+
+def _loader(root, split):
+    mask = RandomMaskFunc([0.08], [4])
+    ds = SliceDataset(root / f"singlecoil_{split}", challenge="singlecoil", use_dataset_cache=False,
+                      transform=UnetDataTransform("singlecoil", mask_func=mask, use_seed=True))
+    return DataLoader(ds, batch_size=1)
+
+
+def _trainer(root, epochs, **kw):
+    return pl.Trainer(accelerator="cpu", max_epochs=epochs, logger=False, deterministic=True,
+                      enable_progress_bar=False, enable_model_summary=False,
+                      num_sanity_val_steps=0, limit_train_batches=2, limit_val_batches=1,
+                      default_root_dir=str(root), **kw)
+
+
+@pytest.fixture(scope="module")
+def legacy(tmp_path_factory):
+    """A grown run's epoch-1 checkpoint in the old format, and the uninterrupted run."""
+    tmp = tmp_path_factory.mktemp("legacy")
+    generate_dataset(tmp / "data", challenges=("knee_singlecoil",), splits=("train", "val"),
+                     num_volumes=2, num_slices=2, recon_size=32)
+    knee = tmp / "data" / "knee"
+    pl.seed_everything(0)
+    full = DynamicUnetModule(**OPTIONS)
+    _trainer(tmp / "full", 4).fit(full, _loader(knee, "train"), _loader(knee, "val"))
+    pl.seed_everything(0)
+    half = DynamicUnetModule(**OPTIONS)
+    ck = ModelCheckpoint(dirpath=tmp / "half", save_last=True)
+    _trainer(tmp / "half", 2, callbacks=[ck]).fit(half, _loader(knee, "train"),
+                                                  _loader(knee, "val"))
+    new = torch.load(tmp / "half" / "last.ckpt", map_location="cpu", weights_only=False)
+    path = tmp / "legacy.ckpt"
+    torch.save(to_legacy_format(new), path)
+    return dict(path=path, knee=knee, full=full, half=half, tmp=tmp)
+
+
+def test_old_checkpoint_loads_grown(legacy):
+    module = load_module(legacy["path"])
+    assert type(module) is DynamicUnetModule
+    assert module.unet.get_network_size()["down_0"]["conv2_out"] == 3
+    for k, v in legacy["half"].state_dict().items():
+        assert torch.equal(module.state_dict()[k], v), k
+    assert module.schedule.state["grown_epochs"] == [1]
+    assert module.hparams.plateau_min_delta == 0.0  # absent then: the default
+
+
+def test_old_checkpoint_resumes_like_the_uninterrupted_run(legacy):
+    pl.seed_everything(0)
+    resumed = DynamicUnetModule(**OPTIONS)
+    _trainer(legacy["tmp"] / "resumed", 4).fit(
+        resumed, _loader(legacy["knee"], "train"), _loader(legacy["knee"], "val"),
+        ckpt_path=str(legacy["path"]))
+    assert resumed.schedule.state["grown_epochs"] == [1, 3]  # epoch 1 not grown again
+    assert [r.width_after for r in resumed.growth_reports] == [4]
+    full = legacy["full"].state_dict()
+    for k, v in resumed.state_dict().items():
+        torch.testing.assert_close(v, full[k], rtol=0, atol=1e-6)
+
+
+# ----------------------------------------------------------------------- imports
+OLD_PATHS = [
+    ("fastmri_growth.train", "parse_args"), ("fastmri_growth.demo", "main"),
+    ("fastmri_growth.evaluate", "evaluate_folders"), ("fastmri_growth.evaluate", "main"),
+    ("fastmri_growth.inference", "reconstruct"), ("fastmri_growth.inference", "recons_key"),
+    ("fastmri_growth.plot", "plot_curves"), ("fastmri_growth.plot", "main"),
+    ("fastmri_growth.growth_schedule", "GrowthSchedule"),
+    ("fastmri_growth.models.growth", "GROWTH_METHODS"),
+    ("fastmri_growth.models.growth", "DEFAULT_SPLIT_NOISE"),
+    ("fastmri_growth.models.scoring", "score_candidates"),
+    ("fastmri_growth.models.surgery", "ParamChange"),
+    ("fastmri_growth.models.optim", "grow_optimizer_state"),
+    ("fastmri_growth.pl_modules.lightning2", "FastMriDataModule"),
+    ("fastmri_growth.data.synthetic", "generate_dataset"),
+]
+
+
+@pytest.mark.parametrize("module,name", OLD_PATHS, ids=[f"{m}.{n}" for m, n in OLD_PATHS])
+def test_old_import_paths_keep_working(module, name):
+    mod = __import__(module, fromlist=[name])
+    assert callable(getattr(mod, name)) or getattr(mod, name) is not None
+
+
+@pytest.mark.parametrize("module,name,new", [
+    ("fastmri_growth.models.scoring", "collect_statistics", "fastmri_growth.growth.statistics"),
+    ("fastmri_growth.models.surgery", "append_slices", "fastmri_growth.growth.surgery"),
+    ("fastmri_growth.models.growth", "sample_select", "fastmri_growth.growth.methods"),
+])
+def test_removed_internals_name_their_new_home(module, name, new):
+    with pytest.raises(ImportError, match=new.replace(".", r"\.")):
+        exec(f"from {module} import {name}", {})
+
+
+def test_old_train_path_is_the_cli_module():
+    import fastmri_growth.cli.train
+    import fastmri_growth.train
+
+    assert fastmri_growth.train is fastmri_growth.cli.train
+
+
+def _module_imports(path: Path, name: str):
+    """Modules of the package that ``path`` imports, at module level or inside functions."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[:len(base) - node.level + 1]
+                mod = ".".join(base + ([node.module] if node.module else []))
+            else:
+                mod = node.module
+            out.add(mod)
+            out.update(f"{mod}.{a.name}" for a in node.names)
+    return {m for m in out if m and m.startswith("fastmri_growth")}
+
+
+def test_no_import_cycles():
+    modules = {}
+    for path in PACKAGE.rglob("*.py"):
+        rel = path.relative_to(REPO).with_suffix("")
+        parts = list(rel.parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        modules[".".join(parts)] = path
+    graph = {name: {m for m in _module_imports(path, name) if m in modules and m != name}
+             for name, path in modules.items()}
+    # A package's __init__ that re-exports its submodules is not a cycle with them.
+    for name in graph:
+        graph[name] = {m for m in graph[name] if not name.startswith(m + ".")}
+    state, stack = {}, []
+
+    def visit(node):
+        state[node] = "open"
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == "open":
+                cycle = stack[stack.index(nxt):] + [nxt]
+                raise AssertionError("import cycle: " + " -> ".join(cycle))
+            if nxt not in state:
+                visit(nxt)
+        stack.pop()
+        state[node] = "done"
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node)
+
+
+# Acquisition names also key the synthetic generator's contrast tables; these
+# are the facts that must have a single definition.
+FORMAT_FACTS = {"reconstruction_esc", "reconstruction_rss", "equispaced_fraction",
+                "magic_fraction", "http://www.ismrm.org/ISMRMRD"}
+
+
+def test_fastmri_format_facts_are_defined_once():
+    """Code (not docstrings or messages) spells these only in data/fastmri_format.py."""
+    owner = PACKAGE / "data" / "fastmri_format.py"
+    found = {}
+    for path in PACKAGE.rglob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        docstrings = {id(n.body[0].value) for n in ast.walk(tree)
+                      if isinstance(n, (ast.Module, ast.FunctionDef, ast.ClassDef))
+                      and n.body and isinstance(n.body[0], ast.Expr)}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and node.value in FORMAT_FACTS \
+                    and id(node) not in docstrings:
+                found.setdefault(node.value, set()).add(path.relative_to(REPO).as_posix())
+    assert found, "the facts should be found in data/fastmri_format.py"
+    for fact, paths in found.items():
+        assert paths == {owner.relative_to(REPO).as_posix()}, (fact, paths)
+
+
+def test_engine_imports_no_lightning_and_no_fastmri():
+    code = ("import sys, fastmri_growth.growth, fastmri_growth.models; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('pytorch_lightning', 'lightning', 'lightning_fabric', 'fastmri')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=REPO).stdout.strip()
+    assert out == "[]", out
