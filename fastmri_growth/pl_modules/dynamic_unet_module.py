@@ -25,20 +25,26 @@ from typing import List, Optional
 import torch
 from torch.nn import functional as F
 
-from ..growth.methods import all_options, check_method_name, option_default
-from ..growth.schedule import GrowthSchedule, parse_progressive
-from ..growth.sites import parse_sites
-from ..models import DynamicUnet, architecture_from_state_dict
-from .growth_callback import GrowthCallback
-from .growth_options import add_growth_args, growth_arg_names, spellings
+from ..models import DynamicUnet
+from .growable import GrowthMixin
+from .growth_options import (
+    add_growth_args,
+    build_growth_callback,
+    growth_arg_names,
+    growth_default,
+    spellings,
+    split_growth_options,
+)
 from .lightning2 import UnetModule
 
 #: Checkpoint key holding the widths (and, in checkpoints of older versions,
 #: the schedule state).
 CHECKPOINT_KEY = "dynamic_unet"
 
+D = growth_default
 
-class DynamicUnetModule(UnetModule):
+
+class DynamicUnetModule(GrowthMixin, UnetModule):
     """A fastMRI ``MriModule`` whose U-Net grows during Lightning 2 training.
 
     Class attributes:
@@ -47,7 +53,8 @@ class DynamicUnetModule(UnetModule):
             probe growth events, say).
     """
 
-    growth_callback_class = GrowthCallback
+    growable_attr = "unet"
+    checkpoint_key = CHECKPOINT_KEY
 
     def __init__(
         self,
@@ -60,22 +67,22 @@ class DynamicUnetModule(UnetModule):
         lr_step_size: int = 40,
         lr_gamma: float = 0.1,
         weight_decay: float = 0.0,
-        growth_method: str = "sample_select",
-        n_candidates: int = option_default("n_candidates"),
-        growth_interval: int = 1,
-        layers_to_grow: Optional[List[str]] = None,
-        growth_schedule: str = "interval",
-        plateau_patience: int = 2,
-        progressive_schedule=None,
-        n_new: int = 1,
-        max_growth_steps: Optional[int] = None,
-        max_width: Optional[int] = None,
-        split_noise: Optional[float] = option_default("split_noise"),
-        new_filter_lr_scale: float = 1.0,
-        reset_optimizer: bool = False,
-        growth_start_epoch: int = 1,
-        growth_seed: int = 0,
-        plateau_min_delta: float = 0.0,
+        growth_method: str = D("growth_method"),
+        n_candidates: int = D("n_candidates"),
+        growth_interval: int = D("growth_interval"),
+        layers_to_grow: Optional[List[str]] = D("layers_to_grow"),
+        growth_schedule: str = D("growth_schedule"),
+        plateau_patience: int = D("plateau_patience"),
+        progressive_schedule=D("progressive_schedule"),
+        n_new: int = D("n_new"),
+        max_growth_steps: Optional[int] = D("max_growth_steps"),
+        max_width: Optional[int] = D("max_width"),
+        split_noise: Optional[float] = D("split_noise"),
+        new_filter_lr_scale: float = D("new_filter_lr_scale"),
+        reset_optimizer: bool = D("reset_optimizer"),
+        growth_start_epoch: int = D("growth_start_epoch"),
+        growth_seed: int = D("growth_seed"),
+        plateau_min_delta: float = D("plateau_min_delta"),
         **kwargs,
     ):
         """
@@ -120,10 +127,8 @@ class DynamicUnetModule(UnetModule):
             **kwargs: Options of other registered growth methods, then
                 fastMRI's ``MriModule`` arguments (``num_log_images``).
         """
-        method_options = {"n_candidates": n_candidates, "split_noise": split_noise}
-        for name in all_options():
-            if name in kwargs:
-                method_options[name] = kwargs.pop(name)
+        growth = {name: value for name, value in locals().items() if name in growth_arg_names()}
+        growth.update(split_growth_options(kwargs))
         super().__init__(
             in_chans=in_chans, out_chans=out_chans, chans=chans, num_pool_layers=num_pool_layers,
             drop_prob=drop_prob, lr=lr, lr_step_size=lr_step_size, lr_gamma=lr_gamma,
@@ -131,21 +136,8 @@ class DynamicUnetModule(UnetModule):
         )
         self.save_hyperparameters()
         # Every growth option is checked here, before anything trains.
-        check_method_name(growth_method)
-        all_sites = DynamicUnet.site_ids(num_pool_layers)
-        sites = parse_sites(layers_to_grow, all_sites)
-        progressive = (parse_progressive(progressive_schedule, all_sites)
-                       if growth_schedule == "progressive" else {})
-        schedule = GrowthSchedule(
-            kind=growth_schedule, sites=sites, interval=growth_interval,
-            start_epoch=growth_start_epoch, patience=plateau_patience,
-            min_delta=plateau_min_delta, progressive=progressive, max_events=max_growth_steps,
-        )
-        self.growth_callback = self.growth_callback_class(
-            schedule, method=growth_method, method_options=method_options, n_new=n_new,
-            max_width=max_width, new_filter_lr_scale=new_filter_lr_scale,
-            reset_optimizer=reset_optimizer, seed=growth_seed,
-        )
+        self.growth_callback = build_growth_callback(
+            growth, DynamicUnet.site_ids(num_pool_layers), self.growth_callback_class)
         self.growth_method = growth_method
         self.unet = DynamicUnet(
             in_chans, out_chans, chans=chans, num_pool_layers=num_pool_layers,
@@ -153,10 +145,6 @@ class DynamicUnetModule(UnetModule):
         )
 
     # ------------------------------------------------ GrowableModule protocol
-    def growable_net(self) -> DynamicUnet:
-        """The U-Net that grows."""
-        return self.unet
-
     def growth_loss(self, batch) -> torch.Tensor:
         """The training loss (L1 on normalised images) of a ``UnetSample`` batch.
 
@@ -168,83 +156,16 @@ class DynamicUnetModule(UnetModule):
         target = batch.target.unsqueeze(1).to(dtype)
         return F.l1_loss(self.unet(image), target)
 
-    def configure_callbacks(self):
-        """Attaches the growth callback (replacing one of its type given to the Trainer)."""
-        return [self.growth_callback]
-
-    @property
-    def schedule(self) -> GrowthSchedule:
-        """The growth schedule (its state is the callback's checkpointed state)."""
-        return self.growth_callback.schedule
-
-    @property
-    def growth_reports(self) -> list:
-        """This process's growth reports, for inspection."""
-        return self.growth_callback.reports
-
-    def grow(self, sites, batch, epoch: int) -> list:
-        """Grow ``sites`` on a training batch now, as a scheduled event would.
-
-        Args:
-            sites: ``[(layer_id, conv_idx), ...]`` or :class:`Site` s.
-            batch: A fastMRI ``UnetSample`` (image `(N, H, W)`, target `(N, H, W)`).
-            epoch: The epoch being started (seeds the candidates).
-
-        Returns:
-            The growth reports.
-        """
-        return self.growth_callback.grow(self._trainer, self, [batch], sites, epoch)
-
-    # ----------------------------------------------------------- checkpoints
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """Stores the widths as plain Python values (the schedule is the callback's)."""
-        checkpoint[CHECKPOINT_KEY] = {
-            "widths": self.unet.get_network_size(),
-            "transpose_widths": self.unet.transpose_widths(),
-        }
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        """Rebuilds the U-Net at the checkpoint's widths and restores the schedule.
-
-        Lightning calls this BEFORE loading the weights (a Callback's hook
-        would run after them), so the grown tensors then load strictly.
-
-        Raises:
-            ValueError: If the checkpoint's tensors match no valid DynamicUnet
-                or another architecture than this module's.
-        """
-        info = checkpoint.get(CHECKPOINT_KEY)
-        state_dict = {k: v for k, v in checkpoint.get("state_dict", {}).items()
-                      if k.startswith("unet.")}
-        try:
-            spec = architecture_from_state_dict(state_dict)
-            if info is not None and info["widths"] != spec["widths"]:
-                raise ValueError(
-                    f"its recorded widths {info['widths']} disagree with its tensors "
-                    f"{spec['widths']}"
-                )
-            self.unet.resize_from_state_dict(state_dict)
-        except ValueError as err:
-            raise ValueError(f"Cannot load checkpoint into DynamicUnetModule: {err}") from None
-        # The schedule: the callback's own state (also for load_from_checkpoint,
-        # where no Trainer restores callbacks), or the module's key in
-        # checkpoints written before growth became a callback.
-        callback = self.growth_callback
-        state = (checkpoint.get("callbacks") or {}).get(callback.state_key)
-        if state is not None:
-            callback.load_state_dict(state)
-        elif info is not None and "schedule_state" in info:
-            callback.load_state_dict({"schedule": info["schedule_state"],
-                                      "last_validation": info.get("last_validation")})
+    def checkpoint_widths(self) -> dict:
+        """The widths stored in checkpoints (also read by :func:`~fastmri_growth.pl_modules.load_module`)."""
+        return {"widths": self.unet.get_network_size(),
+                "transpose_widths": self.unet.transpose_widths()}
 
     # ------------------------------------------------------------------ args
     @classmethod
     def growth_defaults(cls) -> dict:
-        """Constructor defaults of the growth options: the one source of CLI defaults."""
-        import inspect
-
-        params = inspect.signature(cls.__init__).parameters
-        return {name: params[name].default for name in GROWTH_ARGS if name in params}
+        """Defaults of the growth options (the table the constructor and flags share)."""
+        return {name: growth_default(name) for name in growth_arg_names()}
 
     @classmethod
     def growth_option_strings(cls) -> List[str]:
@@ -259,7 +180,7 @@ class DynamicUnetModule(UnetModule):
         (``--growth-method`` / ``--growth_method``).
         """
         parser = UnetModule.add_model_specific_args(parent_parser)
-        return add_growth_args(parser, cls)
+        return add_growth_args(parser)
 
 
 #: The growth options of :class:`DynamicUnetModule` (constructor names).

@@ -1,21 +1,25 @@
-"""The growth options of the growing Lightning modules: one table, flags derived from it.
+"""The growth options of the growing Lightning modules: one table for defaults, flags and checks.
 
-Each growth option is declared once here (how the command line parses it,
-its help); its default is the module constructor's (so the constructor and
-``--help`` cannot disagree), and the growth methods' own options
+Each module-level growth option is declared once here (default, how the
+command line parses it, its help); the growth methods' own options
 (``n_candidates``, ``split_noise``, ...) come from the method registry.
-Every flag takes the hyphen and the underscore spelling
-(``--growth-method`` / ``--growth_method``).
+The growing modules' constructors take their defaults from this table, the
+flags are derived from it, and :func:`build_growth_callback` turns a set of
+options into a configured :class:`~.growth_callback.GrowthCallback`, checking
+every value before anything trains. Every flag takes the hyphen and the
+underscore spelling (``--growth-method`` / ``--growth_method``).
 """
 from __future__ import annotations
 
 import argparse
-import inspect
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Type
 
-from fastmri_growth.growth.methods import METHODS, all_options
-from fastmri_growth.growth.schedule import SCHEDULES
+from fastmri_growth.growth.methods import METHODS, all_options, check_method_name
+from fastmri_growth.growth.schedule import SCHEDULES, GrowthSchedule, parse_progressive
+from fastmri_growth.growth.sites import Site, parse_sites
+
+from .growth_callback import GrowthCallback
 
 
 def optional_int(text: str) -> Optional[int]:
@@ -24,9 +28,20 @@ def optional_int(text: str) -> Optional[int]:
 
 @dataclass(frozen=True)
 class GrowthFlag:
-    """One growth option as a flag (the default comes from the constructor)."""
+    """One module-level growth option.
+
+    Attributes:
+        name: Constructor keyword (and argparse dest).
+        default: The default, for the constructors and the flag.
+        help: Flag help ("" for the method flag, whose help lists the methods).
+        type: Parses the flag's text.
+        choices: The valid values, looked up when the parser is built.
+        nargs: argparse ``nargs``.
+        action: argparse ``action`` (instead of ``type``).
+    """
 
     name: str
+    default: Any
     help: str
     type: Optional[Callable[[str], Any]] = None
     choices: Optional[Callable[[], Sequence[str]]] = None
@@ -34,43 +49,49 @@ class GrowthFlag:
     action: Optional[str] = None
 
 
-def _method_help() -> str:
-    return "; ".join(f"{name}: {cls.summary}" for name, cls in METHODS.items())
-
-
 #: The module-level growth options (method options come from the registry).
 GROWTH_FLAGS = (
-    GrowthFlag("growth_method", "", choices=lambda: list(METHODS)),
-    GrowthFlag("growth_schedule", "When to grow: interval (every N epochs), plateau (after "
-               "N validations without validation_loss improvement) or progressive (given epochs "
-               "and sites)", choices=lambda: list(SCHEDULES)),
-    GrowthFlag("growth_interval", "interval schedule: grow every N epochs", type=int),
-    GrowthFlag("growth_start_epoch", "First epoch at which growth may happen", type=int),
-    GrowthFlag("plateau_patience", "plateau schedule: grow after N validations without "
-               "validation_loss improvement", type=int),
-    GrowthFlag("plateau_min_delta", "plateau schedule: an improvement of validation_loss "
-               "smaller than this does not count", type=float),
-    GrowthFlag("progressive_schedule", "progressive schedule, e.g. '2:down_0,bottleneck;4:up_1:1'",
-               type=str),
-    GrowthFlag("layers_to_grow", "Sites to grow: LAYER (both convs) or LAYER:CONV (0 or 1); "
-               "layers are down_0..down_{P-1}, bottleneck, up_0..up_{P-1}; default: all",
+    GrowthFlag("growth_method", "sample_select", "", choices=lambda: list(METHODS)),
+    GrowthFlag("growth_interval", 1, "interval schedule: grow every N epochs", type=int),
+    GrowthFlag("layers_to_grow", None, "Sites to grow: LAYER (both convs) or LAYER:CONV (0 or "
+               "1); layers are down_0..down_{P-1}, bottleneck, up_0..up_{P-1}; default: all",
                type=str, nargs="+"),
-    GrowthFlag("n_new", "Filters added per site per growth event", type=int),
-    GrowthFlag("max_growth_steps", "Cap on growth events (default: none)", type=optional_int),
-    GrowthFlag("max_width", "Cap on the filters of any conv (default: none)", type=optional_int),
-    GrowthFlag("new_filter_lr_scale", "Learning-rate scale of new weights during the epoch "
+    GrowthFlag("growth_schedule", "interval", "When to grow: interval (every N epochs), plateau "
+               "(after N validations without validation_loss improvement) or progressive (given "
+               "epochs and sites)", choices=lambda: list(SCHEDULES)),
+    GrowthFlag("plateau_patience", 2, "plateau schedule: grow after N validations without "
+               "validation_loss improvement", type=int),
+    GrowthFlag("progressive_schedule", None,
+               "progressive schedule, e.g. '2:down_0,bottleneck;4:up_1:1'", type=str),
+    GrowthFlag("n_new", 1, "Filters added per site per growth event", type=int),
+    GrowthFlag("max_growth_steps", None, "Cap on growth events (default: none)", type=optional_int),
+    GrowthFlag("max_width", None, "Cap on the filters of any conv (default: none)",
+               type=optional_int),
+    GrowthFlag("new_filter_lr_scale", 1.0, "Learning-rate scale of new weights during the epoch "
                "they were added in", type=float),
-    GrowthFlag("reset_optimizer", "Recreate optimizer and LR scheduler after growth instead of "
-               "keeping their state (the LR schedule then restarts from its first epoch)",
-               action="store_true"),
-    GrowthFlag("growth_seed", "Seed of candidate generation", type=int),
+    GrowthFlag("reset_optimizer", False, "Recreate optimizer and LR scheduler after growth "
+               "instead of keeping their state (the LR schedule then restarts from its first "
+               "epoch)", action="store_true"),
+    GrowthFlag("growth_start_epoch", 1, "First epoch at which growth may happen", type=int),
+    GrowthFlag("growth_seed", 0, "Seed of candidate generation", type=int),
+    GrowthFlag("plateau_min_delta", 0.0, "plateau schedule: an improvement of validation_loss "
+               "smaller than this does not count", type=float),
 )
+
+#: Defaults of every growth option: the module-level ones, then the methods'.
+GROWTH_DEFAULTS: Dict[str, Any] = {f.name: f.default for f in GROWTH_FLAGS}
+
+
+def growth_default(name: str) -> Any:
+    """The default of a growth option (module-level or a registered method's)."""
+    if name in GROWTH_DEFAULTS:
+        return GROWTH_DEFAULTS[name]
+    return all_options()[name].default
 
 
 def growth_arg_names() -> List[str]:
     """Every growth option's name: the module's and the registered methods'."""
-    return [f.name for f in GROWTH_FLAGS] + [n for n in all_options() if n not in
-                                             {f.name for f in GROWTH_FLAGS}]
+    return list(GROWTH_DEFAULTS) + [n for n in all_options() if n not in GROWTH_DEFAULTS]
 
 
 def spellings(name: str) -> List[str]:
@@ -78,19 +99,22 @@ def spellings(name: str) -> List[str]:
     return list(dict.fromkeys(["--" + name.replace("_", "-"), "--" + name]))
 
 
-def add_growth_args(parser: argparse.ArgumentParser, cls) -> argparse.ArgumentParser:
-    """Add the growth flags of module class ``cls`` (defaults: its constructor's).
+def _method_help() -> str:
+    return "; ".join(f"{name}: {cls.summary}" for name, cls in METHODS.items())
+
+
+def add_growth_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add every growth flag (module options, then the registered methods' options).
 
     Args:
         parser: The parser to extend.
-        cls: A growing module class; its ``__init__`` names every option of
-            :data:`GROWTH_FLAGS` and the registered methods' options.
+
+    Returns:
+        ``parser``.
     """
-    params = inspect.signature(cls.__init__).parameters
     g = parser.add_argument_group("growth")
     for f in GROWTH_FLAGS:
-        kw: Dict[str, Any] = dict(dest=f.name, default=params[f.name].default,
-                                  help=f.help or _method_help())
+        kw: Dict[str, Any] = dict(dest=f.name, default=f.default, help=f.help or _method_help())
         if f.action:
             kw["action"] = f.action
         else:
@@ -101,7 +125,55 @@ def add_growth_args(parser: argparse.ArgumentParser, cls) -> argparse.ArgumentPa
             kw["nargs"] = f.nargs
         g.add_argument(*spellings(f.name), **kw)
     for opt in all_options().values():
-        default = params[opt.name].default if opt.name in params else opt.default
-        g.add_argument(*spellings(opt.name), dest=opt.name, default=default, type=opt.parse,
-                       help=opt.help)
+        if opt.name not in GROWTH_DEFAULTS:
+            g.add_argument(*spellings(opt.name), dest=opt.name, default=opt.default,
+                           type=opt.parse, help=opt.help)
     return parser
+
+
+def split_growth_options(kwargs: Dict[str, Any]) -> Dict[str, Any]:
+    """Pop the registered methods' options out of a constructor's ``**kwargs``."""
+    return {name: kwargs.pop(name) for name in list(kwargs) if name in all_options()}
+
+
+def build_growth_callback(
+    options: Mapping[str, Any],
+    all_sites: Sequence[Site],
+    callback_class: Type[GrowthCallback] = GrowthCallback,
+) -> GrowthCallback:
+    """A configured growth callback from a module's growth options, every value checked.
+
+    Args:
+        options: Growth options by name (missing ones take their defaults);
+            method options are handed to the chosen method.
+        all_sites: The network's sites (``layers_to_grow`` and the
+            progressive schedule are parsed against them).
+        callback_class: :class:`GrowthCallback` or a subclass.
+
+    Returns:
+        The callback.
+
+    Raises:
+        ValueError: a bad option, naming the value and the valid ones.
+    """
+    unknown = sorted(set(options) - set(growth_arg_names()))
+    if unknown:
+        raise ValueError(f"Unknown growth option(s) {', '.join(unknown)}; valid: "
+                         f"{', '.join(growth_arg_names())}")
+    o = {name: options.get(name, growth_default(name)) for name in growth_arg_names()}
+    check_method_name(o["growth_method"])
+    sites = parse_sites(o["layers_to_grow"], all_sites)
+    progressive = (parse_progressive(o["progressive_schedule"], all_sites)
+                   if o["growth_schedule"] == "progressive" else {})
+    schedule = GrowthSchedule(
+        kind=o["growth_schedule"], sites=sites, interval=o["growth_interval"],
+        start_epoch=o["growth_start_epoch"], patience=o["plateau_patience"],
+        min_delta=o["plateau_min_delta"], progressive=progressive,
+        max_events=o["max_growth_steps"],
+    )
+    method_options = {name: o[name] for name in all_options()}
+    return callback_class(
+        schedule, method=o["growth_method"], method_options=method_options, n_new=o["n_new"],
+        max_width=o["max_width"], new_filter_lr_scale=o["new_filter_lr_scale"],
+        reset_optimizer=o["reset_optimizer"], seed=o["growth_seed"],
+    )

@@ -1,0 +1,128 @@
+"""GrowthMixin: what every growing fastMRI module shares.
+
+A module that mixes this in (before its fastMRI base) holds one growable
+network as the attribute named by :attr:`GrowthMixin.growable_attr` and a
+:class:`~.growth_callback.GrowthCallback` built by
+:func:`~.growth_options.build_growth_callback`; the mixin attaches the
+callback, gives access to its schedule and reports, and keeps the grown
+widths in checkpoints (resized in ``on_load_checkpoint``, which Lightning
+runs before loading the weights).
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Mapping
+
+import torch
+
+from fastmri_growth.growth.schedule import GrowthSchedule
+
+from .growth_callback import GrowthCallback
+
+
+class GrowthMixin:
+    """Growth plumbing of a LightningModule with one growable network.
+
+    Class attributes:
+        growable_attr: Attribute holding the network (``"unet"``, ``"varnet"``);
+            its state-dict keys carry this prefix.
+        checkpoint_key: Checkpoint key under which the widths are stored.
+        growth_callback_class: The callback class built from the growth
+            options (a subclass may count or probe growth events).
+    """
+
+    growable_attr: str = "net"
+    checkpoint_key: str = "growth"
+    growth_callback_class = GrowthCallback
+    growth_callback: GrowthCallback
+
+    # ------------------------------------------------ GrowableModule protocol
+    def growable_net(self):
+        """The network that grows."""
+        return getattr(self, self.growable_attr)
+
+    def configure_callbacks(self):
+        """Attaches the growth callback (replacing one of its type given to the Trainer)."""
+        return [self.growth_callback]
+
+    @property
+    def schedule(self) -> GrowthSchedule:
+        """The growth schedule (its state is the callback's checkpointed state)."""
+        return self.growth_callback.schedule
+
+    @property
+    def growth_reports(self) -> list:
+        """This process's growth reports, for inspection."""
+        return self.growth_callback.reports
+
+    def grow(self, sites, batch, epoch: int) -> list:
+        """Grow ``sites`` on a training batch now, as a scheduled event would.
+
+        Args:
+            sites: :class:`~fastmri_growth.growth.Site` s or ``(layer, conv)`` tuples.
+            batch: A training batch as the module's loader yields it.
+            epoch: The epoch being started (seeds the candidates).
+
+        Returns:
+            The growth reports.
+        """
+        return self.growth_callback.grow(self._trainer, self, [batch], sites, epoch)
+
+    # ----------------------------------------------------------- checkpoints
+    def _net_state_dict(self, checkpoint: Mapping[str, Any]) -> Dict[str, torch.Tensor]:
+        prefix = self.growable_attr + "."
+        return {k: v for k, v in checkpoint.get("state_dict", {}).items() if k.startswith(prefix)}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Stores the widths as plain Python values (the schedule is the callback's)."""
+        super().on_save_checkpoint(checkpoint)
+        checkpoint[self.checkpoint_key] = self.checkpoint_widths()
+
+    def checkpoint_widths(self) -> Dict[str, Any]:
+        """What :meth:`on_save_checkpoint` records: ``{"widths": get_network_size()}``."""
+        return {"widths": self.growable_net().get_network_size()}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Rebuilds the network at the checkpoint's widths and restores the schedule.
+
+        Raises:
+            ValueError: the checkpoint's tensors match no valid network of
+                this module's architecture, or disagree with its recorded widths.
+        """
+        super().on_load_checkpoint(checkpoint)
+        info = checkpoint.get(self.checkpoint_key)
+        name = type(self).__name__
+        net = self.growable_net()
+        try:
+            net.resize_from_state_dict(self._net_state_dict(checkpoint))
+        except ValueError as err:
+            raise ValueError(f"Cannot load checkpoint into {name}: {err}") from None
+        if info is not None and info.get("widths") is not None and \
+                not _same_widths(info["widths"], net.get_network_size()):
+            raise ValueError(
+                f"Cannot load checkpoint into {name}: its recorded widths {info['widths']} "
+                f"disagree with its tensors {net.get_network_size()}"
+            )
+        # The schedule: the callback's own state (also for load_from_checkpoint,
+        # where no Trainer restores callbacks), or the module's key in
+        # checkpoints written before growth became a callback.
+        callback = self.growth_callback
+        state = (checkpoint.get("callbacks") or {}).get(callback.state_key)
+        if state is not None:
+            callback.load_state_dict(state)
+        elif info is not None and "schedule_state" in info:
+            callback.load_state_dict({"schedule": info["schedule_state"],
+                                      "last_validation": info.get("last_validation")})
+
+
+def _same_widths(recorded: Mapping, actual: Mapping) -> bool:
+    """Recorded widths equal the tensors' (keys the recording has; later keys are derived)."""
+    for key, value in recorded.items():
+        if key not in actual:
+            return False
+        if isinstance(value, Mapping):
+            if not isinstance(actual[key], Mapping) or not _same_widths(value, actual[key]):
+                return False
+        elif int(value) != int(actual[key]):
+            return False
+    return True
+
