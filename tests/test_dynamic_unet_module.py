@@ -190,12 +190,14 @@ def test_training_step_is_l1_loss(knee):
 # growth schedules
 # ---------------------------------------------------------------------------
 
-BASE = {"down_0": (2, 2), "down_1": (4, 4), "bottleneck": (8, 8), "up_0": (4, 4), "up_1": (2, 2)}
+BASE = {"down_0": (2, 2), "down_1": (4, 4), "bottleneck": (8, 8), "up_0": (4, 4, 4),
+        "up_1": (2, 2, 2)}
 
 
 def widths(**changes):
+    """Widths in get_network_size() form; up layers also give transpose_out."""
     w = dict(BASE, **changes)
-    return {k: {"conv1_out": v[0], "conv2_out": v[1]} for k, v in w.items()}
+    return {k: dict(zip(("conv1_out", "conv2_out", "transpose_out"), v)) for k, v in w.items()}
 
 
 SCHEDULE_CASES = {

@@ -810,7 +810,8 @@ def test_get_network_size_initial(chans, pools):
     for i in range(pools):
         assert size[f"down_{i}"] == {"conv1_out": chans * 2 ** i, "conv2_out": chans * 2 ** i}
         c = chans * 2 ** (pools - 1 - i)
-        assert size[f"up_{i}"] == {"conv1_out": c, "conv2_out": c}
+        # transpose_out: the transposed conv that up-samples into up_i.
+        assert size[f"up_{i}"] == {"conv1_out": c, "conv2_out": c, "transpose_out": c}
     assert size["bottleneck"] == {"conv1_out": chans * 2 ** pools, "conv2_out": chans * 2 ** pools}
     assert all(type(v) is int for w in size.values() for v in w.values())
     assert list(size["down_0"]) == ["conv1_out", "conv2_out"]

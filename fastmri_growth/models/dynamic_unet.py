@@ -94,9 +94,16 @@ class DynamicUnet(nn.Module):
 
         P = num_pool_layers
         widths = check_widths(default_widths(chans, P) if widths is None else widths, P)
+        recorded = [widths[f"up_{j}"].get("transpose_out") for j in range(P)]
         if transpose_widths is None:
-            transpose_widths = [chans * 2 ** (P - 1 - j) for j in range(P)]
+            transpose_widths = [r if r is not None else chans * 2 ** (P - 1 - j)
+                                for j, r in enumerate(recorded)]
         transpose_widths = list(transpose_widths)
+        if any(r is not None and int(r) != int(t) for r, t in zip(recorded, transpose_widths)):
+            raise ValueError(
+                f"transpose_widths {transpose_widths} disagree with the widths' transpose_out "
+                f"{recorded}"
+            )
         if len(transpose_widths) != P or any(int(t) < 1 for t in transpose_widths):
             raise ValueError(
                 f"transpose_widths must hold {P} positive ints, got {transpose_widths!r}"
@@ -217,8 +224,12 @@ class DynamicUnet(nn.Module):
 
     @classmethod
     def site_ids(cls, num_pool_layers: int) -> List[Site]:
-        """Every growth site of a U-Net with ``num_pool_layers`` pools, without building it."""
-        return [Site(lid, c) for lid in layer_ids(num_pool_layers) for c in (0, 1)]
+        """Every growth site of a U-Net with ``num_pool_layers`` pools, without building it.
+
+        In network order: each block's convs 0 and 1, and before each decoder
+        block's convs its transposed conv ``"t"``.
+        """
+        return [Site(lid, c) for lid in layer_ids(num_pool_layers) for c in _convs_of(lid)]
 
     def layer_ids(self) -> List[str]:
         """The growable layer ids, in :meth:`get_network_size` order."""
@@ -242,17 +253,21 @@ class DynamicUnet(nn.Module):
         up = self.up_conv[idx]
         return up[0] if isinstance(up, nn.Sequential) else up
 
-    def conv_layer(self, layer_id: str, conv_idx: int) -> nn.Conv2d:
+    def conv_layer(self, layer_id: str, conv_idx: Union[int, str]) -> nn.Module:
         """The conv a growth site refers to.
 
         Args:
             layer_id: One of :meth:`layer_ids`.
-            conv_idx: 0 (first conv) or 1 (second conv).
+            conv_idx: 0 (first conv), 1 (second conv), or ``"t"`` for an
+                ``up_j`` layer (the transposed conv that up-samples into it).
 
         Returns:
-            The ``nn.Conv2d``, weight `(C_out, C_in, 3, 3)`.
+            The ``nn.Conv2d`` (weight `(C_out, C_in, 3, 3)`) or the
+            ``nn.ConvTranspose2d`` (weight `(C_in, C_out, 2, 2)`).
         """
-        check_conv_idx(conv_idx)
+        site = self.site(layer_id, conv_idx)
+        if site.conv == "t":
+            return self.up_transpose_conv[parse_layer_id(layer_id, self.num_pool_layers)[1]].layers[0]
         return self.block(layer_id).layers[4 * conv_idx]
 
     @property
@@ -271,8 +286,13 @@ class DynamicUnet(nn.Module):
             The consumers (see the class docstring for the topology).
         """
         part, idx = parse_layer_id(layer_id, self.num_pool_layers)
-        check_conv_idx(conv_idx)
+        check_conv_idx(conv_idx, _convs_of(layer_id))
         P = self.num_pool_layers
+        if conv_idx == "t":
+            # The up-sampled channels come first in the decoder's concat: the
+            # new channel goes after them, before the skip's.
+            return [Consumer(self.block(layer_id).layers[0], f"{layer_id}.conv1",
+                             transform=reflect_pad_to)]
         if conv_idx == 0:
             return [Consumer(self.block(layer_id).layers[4], f"{layer_id}.conv2")]
         if part == "down":
@@ -300,7 +320,7 @@ class DynamicUnet(nn.Module):
             ValueError: naming the bad value and the valid ones.
         """
         parse_layer_id(layer_id, self.num_pool_layers)
-        check_conv_idx(conv_idx)
+        check_conv_idx(conv_idx, _convs_of(layer_id))
         return Site(layer_id, conv_idx)
 
     def site_spec(self, site: Union[Site, tuple]) -> SiteSpec:
@@ -313,10 +333,14 @@ class DynamicUnet(nn.Module):
         if site.net:
             raise ValueError(f"a DynamicUnet has no sub-network {site.net!r}; drop the NET/ prefix")
         site = self.site(site.layer, site.conv)
-        blk = self.block(site.layer)
-        first = 4 * site.conv
-        return SiteSpec(site=site, conv=blk.layers[first],
-                        post=channelwise(blk.layers[first + 1:first + 4]),
+        if site.conv == "t":
+            t = self.up_transpose_conv[parse_layer_id(site.layer, self.num_pool_layers)[1]]
+            conv, post = t.layers[0], channelwise(t.layers[1:3])
+        else:
+            blk = self.block(site.layer)
+            first = 4 * site.conv
+            conv, post = blk.layers[first], channelwise(blk.layers[first + 1:first + 4])
+        return SiteSpec(site=site, conv=conv, post=post,
                         consumers=self.consumers(site.layer, site.conv))
 
     def get_network_size(self) -> Widths:
@@ -324,15 +348,19 @@ class DynamicUnet(nn.Module):
 
         Returns:
             ``{"down_0": {"conv1_out": c, "conv2_out": c}, ..., "bottleneck":
-            {...}, "up_0": {...}, ...}`` in encoder-to-decoder order.
+            {...}, "up_0": {"conv1_out": c, "conv2_out": c, "transpose_out": t},
+            ...}`` in encoder-to-decoder order; ``transpose_out`` is the width
+            of the transposed conv that up-samples into ``up_j``.
         """
-        return {
-            lid: {
-                "conv1_out": self.block(lid).layers[0].weight.shape[0],
-                "conv2_out": self.block(lid).layers[4].weight.shape[0],
-            }
-            for lid in self.layer_ids()
-        }
+        size = {}
+        tws = self.transpose_widths()
+        for lid in self.layer_ids():
+            blk = self.block(lid)
+            size[lid] = {"conv1_out": blk.layers[0].weight.shape[0],
+                         "conv2_out": blk.layers[4].weight.shape[0]}
+            if lid.startswith("up_"):
+                size[lid]["transpose_out"] = tws[parse_layer_id(lid, self.num_pool_layers)[1]]
+        return size
 
     def transpose_widths(self) -> List[int]:
         """Output widths of the P transposed convs."""
@@ -515,6 +543,11 @@ class DynamicUnet(nn.Module):
 
 
 DynamicUnetModel = DynamicUnet
+
+
+def _convs_of(layer_id: str) -> tuple:
+    """The growable convs of a layer: decoder layers also have their transposed conv."""
+    return ("t", 0, 1) if layer_id.startswith("up_") else (0, 1)
 
 
 def prepare_target(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -23,7 +23,9 @@ def default_widths(chans: int, num_pool_layers: int) -> Widths:
         num_pool_layers: Number of pools P.
 
     Returns:
-        Widths in :meth:`DynamicUnet.get_network_size` format.
+        Widths in :meth:`DynamicUnet.get_network_size` format: ``conv1_out``
+        and ``conv2_out`` per block, and ``transpose_out`` (the transposed
+        conv that up-samples into the block) per ``up_j``.
     """
     P = num_pool_layers
     w = {}
@@ -32,11 +34,16 @@ def default_widths(chans: int, num_pool_layers: int) -> Widths:
     w["bottleneck"] = {"conv1_out": chans * 2 ** P, "conv2_out": chans * 2 ** P}
     for j in range(P):
         c = chans * 2 ** (P - 1 - j)
-        w[f"up_{j}"] = {"conv1_out": c, "conv2_out": c}
+        w[f"up_{j}"] = {"conv1_out": c, "conv2_out": c, "transpose_out": c}
     return w
 
 
 def check_widths(widths: Mapping[str, Mapping[str, int]], P: int) -> Widths:
+    """Validated widths: every layer id, positive ints; ``transpose_out`` optional.
+
+    Raises:
+        ValueError: naming the bad entry.
+    """
     expected = layer_ids(P)
     if sorted(widths) != sorted(expected):
         raise ValueError(
@@ -45,13 +52,15 @@ def check_widths(widths: Mapping[str, Mapping[str, int]], P: int) -> Widths:
     out = {}
     for lid in expected:
         w = widths[lid]
+        keys = ("conv1_out", "conv2_out") + (
+            ("transpose_out",) if lid.startswith("up_") and "transpose_out" in w else ())
         try:
-            c1, c2 = int(w["conv1_out"]), int(w["conv2_out"])
+            vals = {k: int(w[k]) for k in keys}
         except (KeyError, TypeError, ValueError):
             raise ValueError(f"widths[{lid!r}] must have int 'conv1_out' and 'conv2_out', got {w!r}")
-        if c1 < 1 or c2 < 1:
+        if any(v < 1 for v in vals.values()):
             raise ValueError(f"widths[{lid!r}] must be positive, got {w!r}")
-        out[lid] = {"conv1_out": c1, "conv2_out": c2}
+        out[lid] = vals
     return out
 
 
@@ -161,5 +170,7 @@ def architecture_from_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict
             f"state dict matches no valid DynamicUnet: {pre + fk!r} has {fs[1]} input channels, "
             f"expected {widths[f'up_{P - 1}']['conv2_out']}"
         )
+    for j in range(P):
+        widths[f"up_{j}"]["transpose_out"] = tws[j]
     return {"in_chans": in_chans, "out_chans": fs[0], "num_pool_layers": P,
             "widths": widths, "transpose_widths": tws}
