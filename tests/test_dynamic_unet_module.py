@@ -522,7 +522,7 @@ BAD_OPTIONS = [
     (dict(growth_schedule="progressive", progressive_schedule="1:down_9"), ["'down_9'", "bottleneck"]),
     (dict(growth_schedule="progressive", progressive_schedule="-1:down_0"), ["-1", ">= 0"]),
     (dict(growth_interval=0), ["growth_interval", "0", ">= 1"]),
-    (dict(growth_method="gradmax"), ["'gradmax'", "sample_select", "split"]),
+    (dict(growth_method="firefly"), ["'firefly'", "sample_select", "split", "random", "gradmax"]),
     (dict(growth_schedule="cosine"), ["'cosine'", "interval", "plateau", "progressive"]),
     (dict(n_new=0), ["n_new", "0"]),
     (dict(n_candidates=0), ["n_candidates", "0"]),
@@ -645,9 +645,9 @@ def test_fastmri_model_flags_and_bad_choice(capsys):
     assert (args.chans, args.num_pool_layers, args.lr, args.lr_step_size, args.lr_gamma,
             args.weight_decay, args.drop_prob) == (8, 3, 0.01, 5, 0.2, 0.1, 0.1)
     with pytest.raises(SystemExit) as err:
-        _parser().parse_args(["--growth-method", "gradmax"])
+        _parser().parse_args(["--growth-method", "firefly"])
     assert err.value.code == 2
-    assert "gradmax" in capsys.readouterr().err
+    assert "firefly" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------

@@ -177,17 +177,20 @@ def test_fastmri_unet_module_checkpoint_state_dict_loads():
 
 
 # --------------------------------------------- 2. function preservation
-GROW_KW = {"sample_select": {}, "split": {"split_noise": 0.0}}
+GROW_KW = {"split": {"split_noise": 0.0}}
 
 
 def _preservation_failures(model, x, y, method, n_new, tol):
+    """Every site, transposed convs included: the output after growing it alone."""
     ref = eval_out(model, x)
     bad = []
-    for lid, ci in sites(model.num_pool_layers):
+    for site in model.growth_sites():
+        lid, ci = site.layer, site.conv
         m = copy.deepcopy(model)
         report = m.grow_network(lid, ci, x, y, method=method, n_new=n_new,
-                                generator=torch.Generator().manual_seed(7), **GROW_KW[method])
-        key = f"conv{ci + 1}_out"
+                                generator=torch.Generator().manual_seed(7),
+                                **GROW_KW.get(method, {}))
+        key = site.width_key
         assert report.size_after[lid][key] == report.size_before[lid][key] + n_new
         out = eval_out(m, x)
         err = rel_max_change(out, ref)
@@ -238,7 +241,7 @@ def test_long_mixed_growth_sequence_keeps_output_and_sizes():
         n_new = rng.randint(1, 3)
         report = model.grow_network(lid, ci, x, y, method=method, n_new=n_new,
                                     generator=torch.Generator().manual_seed(step),
-                                    **GROW_KW[method])
+                                    **GROW_KW.get(method, {}))
         expected[lid][f"conv{ci + 1}_out"] += n_new
         size = model.get_network_size()
         assert size == expected, f"step {step}"
@@ -469,7 +472,7 @@ def test_growth_keeps_flags_grads_and_modes(method):
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
     modes = {n: m.training for n, m in model.named_modules()}
 
-    report = model.grow_network("down_0", 0, x, y, method=method, **GROW_KW[method])
+    report = model.grow_network("down_0", 0, x, y, method=method, **GROW_KW.get(method, {}))
     grown = {id(ch.new) for ch in report.changes}
     assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
     assert {n: m.training for n, m in model.named_modules()} == modes
@@ -480,7 +483,7 @@ def test_growth_keeps_flags_grads_and_modes(method):
     # A fully frozen model grows too, and stays frozen.
     frozen_model = make_model(chans=2, num_pool_layers=2).requires_grad_(False)
     ref = eval_out(frozen_model, x)
-    frozen_model.grow_network("up_1", 1, x, y, method=method, **GROW_KW[method])
+    frozen_model.grow_network("up_1", 1, x, y, method=method, **GROW_KW.get(method, {}))
     assert not any(p.requires_grad for p in frozen_model.parameters())
     assert all(p.grad is None for p in frozen_model.parameters())
     assert rel_max_change(eval_out(frozen_model, x), ref) <= 1e-12
@@ -537,7 +540,7 @@ def test_grown_state_dict_rebuilds_identically():
     for k, (lid, ci) in enumerate([("down_0", 1), ("bottleneck", 0), ("up_2", 1), ("down_2", 1),
                                    ("up_0", 0), ("up_1", 1)]):
         method = "split" if k % 2 else "sample_select"
-        model.grow_network(lid, ci, x, y, method=method, n_new=1 + k % 2, **GROW_KW[method])
+        model.grow_network(lid, ci, x, y, method=method, n_new=1 + k % 2, **GROW_KW.get(method, {}))
     for prefix in ("", "unet."):
         sd = {prefix + k: v for k, v in model.state_dict().items()}
         rebuilt = DynamicUnet.from_state_dict(sd).eval()

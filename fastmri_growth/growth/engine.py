@@ -4,11 +4,16 @@ Phases, named after the algorithm:
 
 1. **validate** every request (sites, counts, method options, batches)
    before anything runs;
-2. **propose candidates** per site (fixed before any statistics);
+2. **propose candidates** per site, fixed before the statistics (a method
+   may first run a pre-pass, e.g. ``gradmax``'s linearised problem);
 3. **collect statistics** for all sites in one forward+backward per scoring
-   batch (:mod:`.statistics`);
+   batch (:mod:`.statistics`); with ``auto_sites`` keep the best sites
+   (:func:`~.scoring.rank_sites`);
 4. **propose** the new filters per site (the method);
-5. **apply the surgery** site by site (:mod:`.surgery`);
+5. **apply the surgery** site by site (:mod:`.surgery`), then, with
+   ``fan_out_init="descent"``, set the new fan-outs along minus their
+   closed-form gradient at the scale a line search on the scoring batches
+   finds;
 6. **report**; updating an optimizer is the caller's (``remap_optimizer_state``
    with the reports' changes; the Lightning callback does it).
 
@@ -21,8 +26,9 @@ zero weight in its new filters.
 """
 from __future__ import annotations
 
+import math
 import time
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -30,12 +36,19 @@ from torch import nn
 from .methods import GrowthMethod, get_method
 from .net import SiteSpec
 from .report import GrowthReport
+from .scoring import DEFAULT_SITE_CRITERION, SiteScore, rank_sites, site_value
 from .sites import Site, as_site
-from .statistics import LossFn, ReduceFn, collect
+from .statistics import LossFn, ReduceFn, SiteStatistics, _EvalMode, collect
 from .surgery import ParamChange, compose_maps
 
-#: How new filters' fan-out slices start.
-FAN_OUT_INITS = ("zero",)
+#: How new filters' fan-out slices start: ``zero`` keeps the function;
+#: ``descent`` sets them along minus their gradient, scaled by a line search.
+FAN_OUT_INITS = ("zero", "descent")
+#: Line-search scales of the descent fan-out, as fractions of the norm the new
+#: slices would have at the consumers' typical column norm.
+DESCENT_SCALES = (1 / 64, 1 / 32, 1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0)
+
+Count = Union[int, Mapping[Site, int], Callable[[SiteScore], int]]
 
 
 def _check_count(name: str, value: Any) -> int:
@@ -54,39 +67,46 @@ def _input_dim(module: nn.Module) -> Optional[int]:
 
 def grow(
     net: nn.Module,
-    sites: Sequence[Union[Site, tuple, str]],
+    sites: Optional[Sequence[Union[Site, tuple, str]]],
     method: Union[str, GrowthMethod] = "sample_select",
     batches: Optional[Iterable[Any]] = None,
     loss_fn: Optional[LossFn] = None,
-    n_new: Union[int, Mapping[Site, int]] = 1,
+    n_new: Count = 1,
     *,
     candidates: Optional[Mapping[Site, torch.Tensor]] = None,
     generator: Optional[torch.Generator] = None,
     reduce_fn: Optional[ReduceFn] = None,
     fan_out_init: str = "zero",
     method_options: Optional[Mapping[str, Any]] = None,
+    auto_sites: Optional[int] = None,
+    site_criterion: str = DEFAULT_SITE_CRITERION,
 ) -> List[GrowthReport]:
     """Grow ``net`` at ``sites`` in one event.
 
     Args:
         net: A :class:`~fastmri_growth.growth.net.GrowableNet`.
-        sites: Sites (``Site``, ``(layer, conv)`` tuples or ``"layer:conv"``).
+        sites: Sites (``Site``, ``(layer, conv)`` tuples or ``"layer:conv"``);
+            with ``auto_sites`` the pool to choose from (None: every site).
         method: A registered method name or a configured :class:`GrowthMethod`.
         batches: Scoring batches, each passed to ``loss_fn``; their mean loss
             is what the scores are the gradient of. None: no statistics
             (only for methods that can do without, e.g. ``split`` on the
-            weights' existing ``.grad``).
+            weights' existing ``.grad``, or ``random``).
         loss_fn: ``loss_fn(batch) -> scalar`` with the network as it is.
-        n_new: Filters per site (an int, or a per-site mapping).
+        n_new: Filters per site: an int, a per-site mapping, or (with
+            ``auto_sites``) a function of the chosen site's :class:`SiteScore`.
         candidates: Optional explicit fan-ins per site `(K, C_in, kh, kw)`.
         generator: CPU random generator for candidates and noise (identical
             seeds on every DDP rank give identical decisions).
         reduce_fn: Mean over DDP ranks of the accumulated statistics.
         fan_out_init: How new fan-outs start (see :data:`FAN_OUT_INITS`).
         method_options: Options for a method given by name.
+        auto_sites: Grow only the this many best sites of the pool, ranked
+            by ``site_criterion`` from the statistics pass.
+        site_criterion: See :data:`~fastmri_growth.growth.scoring.SITE_CRITERIA`.
 
     Returns:
-        One :class:`GrowthReport` per site, in the order given.
+        One :class:`GrowthReport` per grown site, in network order.
 
     Raises:
         ValueError: bad arguments, before anything changes.
@@ -94,47 +114,71 @@ def grow(
     """
     start = time.perf_counter()
     m = get_method(method, **dict(method_options or {}))
-    site_list = [as_site(s) for s in sites]
+    site_list = list(net.growth_sites()) if sites is None else [as_site(s) for s in sites]
     if not site_list:
         raise ValueError("grow needs at least one site")
     if len(set(site_list)) != len(site_list):
         dup = next(s for s in site_list if site_list.count(s) > 1)
         raise ValueError(f"site {dup.key!r} is listed twice in one growth event")
     specs: List[SiteSpec] = [net.site_spec(s) for s in site_list]
-    counts = {s: _check_count("n_new", n_new[s] if isinstance(n_new, Mapping) else n_new)
-              for s in site_list}
     if fan_out_init not in FAN_OUT_INITS:
         raise ValueError(
             f"Unknown fan_out_init {fan_out_init!r}; valid: {', '.join(FAN_OUT_INITS)}")
+    if fan_out_init == "descent" and not m.zero_fan_out:
+        raise ValueError(
+            f"fan_out_init='descent' applies to methods that add zero-fan-out filters "
+            f"(not {m.name!r}, which sets its own fan-out)")
+    if auto_sites is not None:
+        _check_count("auto_sites", auto_sites)
+        if auto_sites > len(site_list):
+            raise ValueError(f"auto_sites={auto_sites} exceeds the {len(site_list)} sites to "
+                             f"choose from")
+        if not m.zero_fan_out:
+            raise ValueError(f"automatic site selection ranks candidate scores; {m.name!r} "
+                             "has none (use sample_select, random or gradmax)")
+        site_value(0.0, 1, 1, site_criterion)  # checks the criterion's name
+    elif callable(n_new):
+        raise ValueError("n_new as a function of the site's score needs auto_sites")
+    counts: Dict[Site, int] = {}
+    if not callable(n_new):
+        counts = {s: _check_count("n_new", n_new[s] if isinstance(n_new, Mapping) else n_new)
+                  for s in site_list}
     given = dict(candidates or {})
     for spec in specs:
-        m.check(spec, counts[spec.site], given.get(spec.site))
+        m.check(spec, counts.get(spec.site, 1), given.get(spec.site))
     if batches is not None:
         batches = list(batches)
         if loss_fn is None:
             raise ValueError("grow with batches needs loss_fn(batch) -> loss")
-    elif m.needs_batches:
-        raise ValueError(f"{m.name} needs scoring batches (got None)")
-    elif "weight_grad" in m.wants():
-        for spec in specs:
-            if spec.conv.weight.grad is None:
-                raise ValueError(
-                    f"{m.name} needs gradients: pass batch_data and target_data, or run a "
-                    f"backward pass first so that the conv weights have .grad "
-                    f"({spec.site.label} has none)"
-                )
+    else:
+        if m.needs_batches or fan_out_init == "descent" or auto_sites is not None:
+            raise ValueError(f"{m.name if m.needs_batches else 'this growth request'} needs "
+                             "scoring batches (got None)")
+        if "weight_grad" in m.wants():
+            for spec in specs:
+                if spec.conv.weight.grad is None:
+                    raise ValueError(
+                        f"{m.name} needs gradients: pass batch_data and target_data, or run a "
+                        f"backward pass first so that the conv weights have .grad "
+                        f"({spec.site.label} has none)"
+                    )
 
-    # -- candidates, then one statistics pass for every site
+    # -- candidates (after an optional pre-pass), then one statistics pass
+    pre = None
+    if batches is not None:
+        pre_acc = {spec.site: a for spec in specs
+                   if (a := m.pre_accumulator(spec, counts.get(spec.site, 1))) is not None}
+        if pre_acc:
+            pre = collect(net, specs, batches, loss_fn, accumulators=pre_acc, reduce_fn=reduce_fn)
     cands: Dict[Site, torch.Tensor] = {}
     for spec in specs:
-        c = m.candidates(spec, counts[spec.site], generator, given.get(spec.site))
+        c = m.candidates(spec, counts.get(spec.site, 1), generator, given.get(spec.site),
+                         pre.sites[spec.site] if pre is not None else None)
         if c is not None:
             cands[spec.site] = c
-    accumulators = {}
-    for spec in specs:
-        acc = m.accumulator(spec, counts[spec.site])
-        if acc is not None:
-            accumulators[spec.site] = acc
+    accumulators = {spec.site: a for spec in specs
+                    if (a := m.accumulator(spec, counts.get(spec.site, 1),
+                                           cands.get(spec.site))) is not None}
     want_w = "weight_grad" in m.wants()
     stats = None
     # A method that scores nothing (no candidates, no statistics) runs no pass.
@@ -144,19 +188,30 @@ def grow(
             want_weight_grad=site_list if want_w else (),
             accumulators=accumulators, reduce_fn=reduce_fn,
         )
+    site_scores: Dict[Site, SiteScore] = {}
+    if auto_sites is not None:
+        ranked = rank_sites(specs, stats, site_criterion)
+        chosen = {r.site for r in ranked[:auto_sites]}
+        site_scores = {r.site: r for r in ranked}
+        order = {s: i for i, s in enumerate(site_list)}
+        site_list = sorted(chosen, key=order.__getitem__)
+        specs = [s for s in specs if s.site in chosen]
+        if callable(n_new):
+            counts = {s: _check_count("n_new", n_new(site_scores[s])) for s in site_list}
+        for spec in specs:
+            m.check(spec, counts[spec.site], given.get(spec.site))
     shared = time.perf_counter() - start
 
     # -- proposals (nothing has changed yet)
     proposals = {}
     for spec in specs:
-        proposals[spec.site] = m.propose(
-            spec, counts[spec.site], stats.sites[spec.site] if stats is not None else None,
-            generator)
+        st = stats.sites[spec.site] if stats is not None else SiteStatistics(
+            spec.site, candidates=cands.get(spec.site))
+        proposals[spec.site] = m.propose(spec, counts[spec.site], st, generator)
 
     # -- surgery, site by site on the live network
-    reports: List[GrowthReport] = []
+    pending = []
     in_maps: Dict[int, torch.Tensor] = {}
-    loss = stats.loss if stats is not None else float("nan")
     for site in site_list:
         t0 = time.perf_counter()
         size_before, params_before = net.get_network_size(), _num_params(net)
@@ -164,17 +219,102 @@ def grow(
         changes = m.apply(spec, proposals[site], in_maps.get(id(spec.conv)))
         _track_input_maps(changes, in_maps)
         net.sync_attributes()
+        pending.append((site, size_before, params_before, net.get_network_size(),
+                        _num_params(net), changes, time.perf_counter() - t0))
+
+    loss = stats.loss if stats is not None else float("nan")
+    loss_after, scale = float("nan"), None
+    if fan_out_init == "descent":
+        t0 = time.perf_counter()
+        scale, loss_after = descent_fan_out(net, [c for p in pending for c in p[5]], batches,
+                                            loss_fn, loss, reduce_fn)
+        shared += time.perf_counter() - t0
+
+    reports: List[GrowthReport] = []
+    for site, size_before, params_before, size_after, params_after, changes, own in pending:
         p = proposals[site]
+        details = dict(p.details)
+        if site in site_scores:
+            details["site_score"] = site_scores[site]
+        if scale is not None:
+            details["descent_scale"] = scale
         reports.append(GrowthReport(
             layer_idx=site.layer, conv_idx=site.conv, method=m.name, n_added=counts[site],
             scores=list(p.scores), selected=list(p.selected),
-            size_before=size_before, size_after=net.get_network_size(),
-            params_before=params_before, params_after=_num_params(net),
-            seconds=shared / len(site_list) + time.perf_counter() - t0, loss=loss,
+            size_before=size_before, size_after=size_after,
+            params_before=params_before, params_after=params_after,
+            seconds=shared / len(site_list) + own, loss=loss,
             net=site.net, decision=m.describe(list(p.selected), list(p.scores)),
-            fan_out_init=fan_out_init, details=dict(p.details), changes=changes,
+            loss_after=loss_after, fan_out_init=fan_out_init, details=details, changes=changes,
         ))
     return reports
+
+
+def mean_loss(net: nn.Module, batches: Sequence[Any], loss_fn: LossFn,
+              reduce_fn: Optional[ReduceFn] = None) -> float:
+    """Mean loss over the batches (and ranks), dropout off, no graph."""
+    with torch.no_grad(), _EvalMode(net, []):
+        total = sum(float(loss_fn(b).detach()) for b in batches) / len(batches)
+    value = torch.tensor([total], dtype=torch.float64,
+                         device=next(net.parameters()).device)
+    return float(reduce_fn(value)[0]) if reduce_fn is not None else total
+
+
+def descent_fan_out(net: nn.Module, changes: Sequence[ParamChange], batches: Sequence[Any],
+                    loss_fn: LossFn, loss_zero: float,
+                    reduce_fn: Optional[ReduceFn] = None,
+                    scales: Sequence[float] = DESCENT_SCALES) -> tuple:
+    """Set the new fan-out slices along minus their gradient, scaled by a line search.
+
+    With ``V = -gamma * G / ||G||`` (``G`` the closed-form gradient of all new
+    slices of the event, jointly normalised) the loss changes by
+    ``-gamma ||G|| + O(gamma^2)``. ``gamma`` is searched over ``scales`` times
+    ``ref``, the norm the new slices would have at their consumers' typical
+    column norm, on the scoring batches; ``gamma = 0`` (the function kept)
+    wins unless a scale lowers the loss.
+
+    Args:
+        net: The network, with the new (zero) slices in place.
+        changes: The event's parameter changes; those with a ``grad_hint``
+            are the new fan-out slices.
+        batches: The scoring batches.
+        loss_fn: ``loss_fn(batch) -> scalar``.
+        loss_zero: The mean loss at ``gamma = 0`` (the event's scoring loss).
+        reduce_fn: Mean over DDP ranks (every rank picks the same scale).
+        scales: Line-search grid (fractions of ``ref``).
+
+    Returns:
+        ``(scale, loss)``: the chosen fraction (0.0 if none helped) and the
+        mean scoring loss after.
+    """
+    slices = [c for c in changes if c.grad_hint is not None and c.count > 0]
+    if not slices:
+        return 0.0, loss_zero
+    g_norm = math.sqrt(sum(float(c.grad_hint.double().pow(2).sum()) for c in slices))
+    if not g_norm > 0:
+        return 0.0, loss_zero
+    ref_sq = 0.0
+    for c in slices:
+        kept = c.index_map >= 0
+        old = c.new.detach().index_select(c.dim, kept.nonzero().flatten().to(c.new.device))
+        cols = old.movedim(c.dim, 0).flatten(1).norm(dim=1)
+        ref_sq += c.count * float(cols.pow(2).mean()) if cols.numel() else 0.0
+    ref = math.sqrt(ref_sq)
+
+    def set_scale(gamma: float) -> None:
+        with torch.no_grad():
+            for c in slices:
+                pos = c.new_positions.to(c.new.device)
+                c.new.index_copy_(c.dim, pos, (-gamma / g_norm) * c.grad_hint.to(c.new))
+
+    best_scale, best_loss = 0.0, loss_zero
+    for s in scales:
+        set_scale(s * ref)
+        value = mean_loss(net, batches, loss_fn, reduce_fn)
+        if value < best_loss:
+            best_scale, best_loss = s, value
+    set_scale(best_scale * ref)
+    return best_scale, best_loss
 
 
 def _num_params(net: nn.Module) -> int:

@@ -125,6 +125,25 @@ class SiteSpec:
             n += int(torch.Size(shape).numel())
         return n
 
+    def conv_outputs(self, inputs: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """The site conv applied with the given fan-ins (before the channel-wise function).
+
+        Args:
+            inputs: The site conv's input `(N, C_in, H, W)`.
+            rows: Fan-ins `(K, C_in, kh, kw)`.
+
+        Returns:
+            `(N, K, H', W')`.
+        """
+        conv = self.conv
+        rows = rows.to(inputs.dtype)
+        if self.transposed:
+            return F.conv_transpose2d(inputs, rows.transpose(0, 1), stride=conv.stride,
+                                      padding=conv.padding, output_padding=conv.output_padding,
+                                      dilation=conv.dilation)
+        return F.conv2d(inputs, rows, stride=conv.stride, padding=conv.padding,
+                        dilation=conv.dilation)
+
     def features(self, inputs: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """Feature maps of filters with the given fan-ins, as the network computes them.
 
@@ -135,16 +154,38 @@ class SiteSpec:
         Returns:
             ``post(conv(inputs, rows))`` of shape `(N, K, H', W')`.
         """
+        return self.post(self.conv_outputs(inputs, rows))
+
+    def flops_per_filter(self, input_hw: Tuple[int, int],
+                         consumer_out_hw: Sequence[Tuple[int, int]]) -> int:
+        """Forward FLOPs per sample that one more output filter costs (2 per MAC).
+
+        Args:
+            input_hw: The site conv's input size.
+            consumer_out_hw: Each consumer's output size.
+
+        Returns:
+            FLOPs of the new filter's own conv plus its input slice in every
+            consumer (a training step costs about three times this).
+        """
         conv = self.conv
-        rows = rows.to(inputs.dtype)
+        h, w = input_hw
+        kh, kw = self.kernel
         if self.transposed:
-            h = F.conv_transpose2d(inputs, rows.transpose(0, 1), stride=conv.stride,
-                                   padding=conv.padding, output_padding=conv.output_padding,
-                                   dilation=conv.dilation)
+            # Each input pixel scatters into kh*kw outputs per new channel.
+            flops = 2 * self.in_channels * kh * kw * h * w
         else:
-            h = F.conv2d(inputs, rows, stride=conv.stride, padding=conv.padding,
-                         dilation=conv.dilation)
-        return self.post(h)
+            out_h = (h + 2 * conv.padding[0] - conv.dilation[0] * (kh - 1) - 1) // conv.stride[0] + 1
+            out_w = (w + 2 * conv.padding[1] - conv.dilation[1] * (kw - 1) - 1) // conv.stride[1] + 1
+            flops = 2 * self.in_channels * kh * kw * out_h * out_w
+        for c, (ch, cw) in zip(self.consumers, consumer_out_hw):
+            ckh, ckw = c.module.weight.shape[2:]
+            c_out = c.module.weight.shape[1 - c.in_dim]
+            if isinstance(c.module, nn.ConvTranspose2d):
+                # A transposed conv's MACs scale with its input size (ours: out/stride).
+                ch, cw = ch // c.module.stride[0], cw // c.module.stride[1]
+            flops += 2 * c_out * ckh * ckw * ch * cw
+        return int(flops)
 
 
 @runtime_checkable

@@ -12,7 +12,7 @@ from typing import Dict, List, Optional, Sequence, Union
 
 from .sites import Site, parse_sites
 
-SCHEDULES = ("interval", "plateau", "progressive")
+SCHEDULES = ("interval", "plateau", "progressive", "budget")
 
 
 def parse_progressive(spec: Union[None, str, Dict], all_sites: Sequence[Site]
@@ -65,16 +65,29 @@ def parse_progressive(spec: Union[None, str, Dict], all_sites: Sequence[Site]
 class GrowthSchedule:
     """Decides at which epochs growth happens and where.
 
+    The ``budget`` schedule grows from the start widths to a target size by
+    ``end_epoch``: events every ``interval`` epochs from ``start_epoch`` to
+    ``end_epoch``; at the k-th of n events every site's target width is
+    ``w0 + round((W - w0) * k / n)`` (so every site reaches its target ``W``
+    together, at the last event). The targets scale every site's start width
+    by one factor: ``target_chans / chans`` (the widths of a fixed U-Net of
+    ``target_chans``) or the factor whose network has ``target_params``
+    parameters; the growth callback computes them from the network at the
+    first event and keeps them in :attr:`state`.
+
     Attributes:
-        kind: ``"interval"``, ``"plateau"`` or ``"progressive"``.
-        sites: Sites grown at each event (interval and plateau).
-        interval: Grow every ``interval`` epochs (interval schedule).
+        kind: ``"interval"``, ``"plateau"``, ``"progressive"`` or ``"budget"``.
+        sites: Sites grown at each event (interval, plateau and budget).
+        interval: Grow every ``interval`` epochs (interval and budget schedules).
         start_epoch: First epoch at which growth may happen.
         patience: Epochs without validation improvement before growing
             (plateau schedule).
         min_delta: Improvement smaller than this does not count.
         progressive: ``{epoch: sites}`` (progressive schedule).
         max_events: Stop after this many growth events (None: no cap).
+        end_epoch: Budget schedule: the epoch of the last event.
+        target_chans: Budget schedule: grow to a fixed U-Net's widths of this ``chans``.
+        target_params: Budget schedule: grow to this many parameters.
         state: Mutable state saved in checkpoints.
     """
 
@@ -86,6 +99,9 @@ class GrowthSchedule:
     min_delta: float = 0.0
     progressive: Dict[int, List[Site]] = field(default_factory=dict)
     max_events: Optional[int] = None
+    end_epoch: Optional[int] = None
+    target_chans: Optional[int] = None
+    target_params: Optional[int] = None
     state: Dict = field(default_factory=lambda: {
         "grown_epochs": [], "best_loss": None, "bad_epochs": 0, "observed_epochs": []})
 
@@ -100,6 +116,30 @@ class GrowthSchedule:
             raise ValueError(f"plateau_patience must be an int >= 1, got {self.patience!r}")
         if self.max_events is not None and (not isinstance(self.max_events, int) or self.max_events < 0):
             raise ValueError(f"max_growth_steps must be an int >= 0 or None, got {self.max_events!r}")
+        budget = {"growth_end_epoch": self.end_epoch, "target_chans": self.target_chans,
+                  "target_params": self.target_params}
+        given = [name for name, value in budget.items() if value is not None]
+        if self.kind != "budget":
+            if given:
+                raise ValueError(
+                    f"{', '.join(given)} only apply to growth_schedule='budget' (got "
+                    f"growth_schedule={self.kind!r})")
+            return
+        if self.end_epoch is None:
+            raise ValueError("growth_schedule='budget' needs growth_end_epoch (the epoch of the "
+                             "last growth event)")
+        if not isinstance(self.end_epoch, int) or self.end_epoch < self.start_epoch:
+            raise ValueError(
+                f"growth_end_epoch must be an int >= growth_start_epoch ({self.start_epoch}), "
+                f"got {self.end_epoch!r}")
+        if (self.target_chans is None) == (self.target_params is None):
+            raise ValueError("growth_schedule='budget' needs exactly one of target_chans and "
+                             f"target_params (got {', '.join(given[1:]) or 'neither'})")
+        for name in ("target_chans", "target_params"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)
+                                      or value < 1):
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
 
     @property
     def events(self) -> int:
@@ -146,7 +186,35 @@ class GrowthSchedule:
             return list(self.sites) if due else []
         if self.kind == "plateau":
             return list(self.sites) if self.state["bad_epochs"] >= self.patience else []
+        if self.kind == "budget":
+            return list(self.sites) if epoch in self.budget_epochs() else []
         return list(self.progressive.get(epoch, []))
+
+    # ---------------------------------------------------------------- budget
+    def budget_epochs(self) -> List[int]:
+        """The budget schedule's event epochs."""
+        return list(range(self.start_epoch, self.end_epoch + 1, self.interval))
+
+    def budget_targets(self, epoch: int) -> Dict[str, int]:
+        """``{site key: target width}`` at the budget event of ``epoch``.
+
+        Raises:
+            RuntimeError: the targets were not set (:meth:`set_budget`).
+        """
+        budget = self.state.get("budget")
+        if budget is None:
+            raise RuntimeError("the budget schedule's targets are not set yet")
+        events = self.budget_epochs()
+        k = events.index(epoch) + 1 if epoch in events else (
+            len([e for e in events if e <= epoch]))
+        frac = k / len(events)
+        return {key: w0 + int(round((budget["target"][key] - w0) * frac))
+                for key, w0 in budget["start"].items()}
+
+    def set_budget(self, start: Dict[str, int], target: Dict[str, int], params: int) -> None:
+        """Record the start and target widths (by site key) and the target's parameters."""
+        self.state["budget"] = {"start": dict(start), "target": dict(target),
+                                "target_params": int(params)}
 
     def mark_grown(self, epoch: int) -> None:
         """Record a growth event at ``epoch`` (a plateau starts anew).
@@ -159,3 +227,72 @@ class GrowthSchedule:
         if self.kind == "plateau":
             self.state["bad_epochs"] = 0
             self.state["best_loss"] = None  # the grown net starts a new plateau
+
+
+def width_of(size: Dict, site: Site) -> int:
+    """A site's width in a (possibly nested) ``get_network_size()``."""
+    node = size
+    if site.net:
+        for part in site.net.split("/"):
+            node = node[part]
+    return int(node[site.layer][site.width_key])
+
+
+def budget_targets_for(net, sites: Sequence[Site], target_chans: Optional[int] = None,
+                       target_params: Optional[int] = None):
+    """Start and target widths of a budget schedule, scaling every site by one factor.
+
+    Args:
+        net: The network at the start of growth (a GrowableNet; ``target_chans``
+            needs its ``chans``, ``target_params`` its ``num_parameters_at``).
+        sites: The sites that grow.
+        target_chans: Scale by ``target_chans / net.chans`` (a fixed U-Net's
+            widths when the network starts at fastMRI's widths).
+        target_params: Scale by the smallest factor whose network has at
+            least this many parameters.
+
+    Returns:
+        ``(start, target, params)``: widths by site key, and the target's
+        parameter count.
+
+    Raises:
+        ValueError: the target is smaller than the start, or the network
+            cannot say what is needed.
+    """
+    size = net.get_network_size()
+    start = {s.key: width_of(size, s) for s in sites}
+
+    def scaled(r: float) -> Dict[str, int]:
+        return {k: max(w, int(round(w * r))) for k, w in start.items()}
+
+    def params_at(widths: Dict[str, int]) -> int:
+        from .sites import as_site
+
+        return int(net.num_parameters_at({as_site(k): w for k, w in widths.items()}))
+
+    now = sum(p.numel() for p in net.parameters())
+    if target_chans is not None:
+        chans = getattr(net, "chans", None)
+        if not isinstance(chans, int):
+            raise ValueError("target_chans needs a network with a 'chans' (a U-Net); give "
+                             "target_params instead")
+        if target_chans < chans:
+            raise ValueError(f"target_chans={target_chans} is below the network's start width "
+                             f"chans={chans}; the budget schedule only grows")
+        target = scaled(target_chans / chans)
+        return start, target, params_at(target)
+    if target_params < now:
+        raise ValueError(f"target_params={target_params:,} is below the network's {now:,} "
+                         "parameters; the budget schedule only grows")
+    hi = 1.0
+    while params_at(scaled(hi)) < target_params:
+        hi *= 2
+        if hi > 2 ** 14:
+            raise ValueError(f"target_params={target_params:,} cannot be reached by growing "
+                             f"the sites {', '.join(start)}")
+    lo = hi / 2 if hi > 1 else 1.0
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if params_at(scaled(mid)) < target_params else (lo, mid)
+    target = scaled(hi)
+    return start, target, params_at(target)

@@ -9,7 +9,8 @@ K-pass reference the closed form is tested against.
 from __future__ import annotations
 
 import copy
-from typing import Any, Iterable, Optional, Union
+from dataclasses import dataclass
+from typing import Any, Iterable, List, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -88,3 +89,111 @@ def brute_force_scores_at(
         total = sum(g[ch.new_slice()].double().pow(2).sum() for g, ch in zip(grads, changes))
         scores.append(total.sqrt().to(candidates.dtype))
     return torch.stack(scores).detach()
+
+
+# ------------------------------------------------------------- where to grow
+#: How sites are ranked for automatic site selection (``layer_idx="auto"``).
+#: A site's score ``s`` is its best candidate's gradient norm: the first-order
+#: loss decrease per unit norm of the new filter's fan-out (growth.md,
+#: "Descent fan-out"). Ranked by ``s`` alone, by ``s`` per parameter one new
+#: filter adds there, or by ``s`` per forward FLOP it adds (per sample).
+SITE_CRITERIA = ("score", "score_per_param", "score_per_flop")
+DEFAULT_SITE_CRITERION = "score_per_flop"
+
+
+@dataclass
+class SiteScore:
+    """How much growing one site is expected to help, and what it costs.
+
+    Attributes:
+        site: The site.
+        best_score: The best candidate's score.
+        scores: Every candidate's score `(K,)`, as floats.
+        candidates: The scored fan-ins `(K, C_in, kh, kw)`.
+        params_per_filter: Parameters one new filter adds (fan-in, fan-outs).
+        flops_per_filter: Forward FLOPs per sample one new filter adds.
+        value: The site's value under the ranking criterion.
+    """
+
+    site: Site
+    best_score: float
+    scores: List[float]
+    candidates: torch.Tensor
+    params_per_filter: int
+    flops_per_filter: int
+    value: float = float("nan")
+
+
+def site_value(best_score: float, params: int, flops: int, criterion: str) -> float:
+    """A site's value under ``criterion`` (see :data:`SITE_CRITERIA`).
+
+    Raises:
+        ValueError: an unknown criterion.
+    """
+    if criterion == "score":
+        return best_score
+    if criterion == "score_per_param":
+        return best_score / max(params, 1)
+    if criterion == "score_per_flop":
+        return best_score / max(flops, 1)
+    raise ValueError(f"Unknown site criterion {criterion!r}; valid: {', '.join(SITE_CRITERIA)}")
+
+
+def rank_sites(specs, stats: Statistics, criterion: str = DEFAULT_SITE_CRITERION
+               ) -> List[SiteScore]:
+    """Every scored site's :class:`SiteScore`, best value first.
+
+    Args:
+        specs: The sites' specs (as when the statistics were collected).
+        stats: Statistics holding each site's candidates and fan-out gradients.
+        criterion: One of :data:`SITE_CRITERIA`.
+    """
+    out = []
+    for spec in specs:
+        st = stats.sites[spec.site]
+        if st.fan_out_grads is None:
+            continue
+        scores = st.scores()
+        best = float(scores.max())
+        params = spec.params_per_filter()
+        flops = spec.flops_per_filter(st.input_hw, st.consumer_out_hw)
+        out.append(SiteScore(spec.site, best, scores.tolist(), st.candidates, params, flops,
+                             site_value(best, params, flops, criterion)))
+    return sorted(out, key=lambda s: -s.value)
+
+
+def score_sites(
+    net: nn.Module,
+    batches: Iterable[Any],
+    loss_fn: LossFn,
+    sites: Optional[Sequence[Union[Site, tuple, str]]] = None,
+    n_candidates: int = 10,
+    criterion: str = DEFAULT_SITE_CRITERION,
+    generator: Optional[torch.Generator] = None,
+    reduce_fn: Optional[ReduceFn] = None,
+) -> List[SiteScore]:
+    """Score random candidates at every site in ONE pass over the batches.
+
+    Args:
+        net: A GrowableNet.
+        batches: Scoring batches for ``loss_fn``.
+        loss_fn: ``loss_fn(batch) -> scalar``.
+        sites: Sites to score (default: all of the network's).
+        n_candidates: Candidates per site.
+        criterion: Ranking criterion (:data:`SITE_CRITERIA`).
+        generator: CPU generator for the candidates.
+        reduce_fn: Mean over DDP ranks.
+
+    Returns:
+        One :class:`SiteScore` per site, best value first.
+    """
+    from .candidates import generate_candidates
+
+    site_value(0.0, 1, 1, criterion)  # checks the name before any work
+    if not isinstance(n_candidates, int) or isinstance(n_candidates, bool) or n_candidates < 1:
+        raise ValueError(f"n_candidates must be an int >= 1, got {n_candidates!r}")
+    chosen = net.growth_sites() if sites is None else [as_site(s) for s in sites]
+    specs = [net.site_spec(s) for s in chosen]
+    cands = {spec.site: generate_candidates(spec, n_candidates, generator) for spec in specs}
+    stats = collect(net, specs, batches, loss_fn, candidates=cands, reduce_fn=reduce_fn)
+    return rank_sites(specs, stats, criterion)

@@ -46,6 +46,8 @@ class SiteStatistics:
         weight_grad: dL/d(site conv weight), shaped like the weight, or None.
         consumer_grads: Per consumer, dL/d(consumer weight), or None.
         extra: Accumulators a growth method asked for (see :class:`Accumulator`).
+        input_hw: The site conv's input size on the first batch.
+        consumer_out_hw: Each consumer's output size on the first batch.
     """
 
     site: Site
@@ -54,6 +56,8 @@ class SiteStatistics:
     weight_grad: Optional[torch.Tensor] = None
     consumer_grads: Optional[List[torch.Tensor]] = None
     extra: Dict[str, torch.Tensor] = field(default_factory=dict)
+    input_hw: Optional[tuple] = None
+    consumer_out_hw: Optional[List[tuple]] = None
 
     def scores(self) -> torch.Tensor:
         """``s_j = sqrt(sum over consumers ||G_jc||^2)``, shape `(K,)`."""
@@ -260,6 +264,7 @@ def collect(
         sums[key] = value if key not in sums else sums[key] + value
 
     n_batches, loss_sum, bad, first_bad = 0, 0.0, 0.0, None
+    sizes_of: Dict[Site, tuple] = {}
     for batch in batches:
         captured: Dict[int, dict] = {}
 
@@ -309,6 +314,9 @@ def collect(
             for spec in specs:
                 site = spec.site
                 x = captured[id(spec.conv)]["in"]
+                if site not in sizes_of:
+                    sizes_of[site] = (tuple(x.shape[-2:]), [
+                        tuple(captured[id(c.module)]["out"].shape[-2:]) for c in spec.consumers])
                 deltas = [delta_of[id(c.module)] for c in spec.consumers]
                 sizes = [captured[id(c.module)]["hw"] for c in spec.consumers]
                 if site in candidates:
@@ -365,4 +373,6 @@ def collect(
     for site, cand in candidates.items():
         if site in out:
             out[site].candidates = cand
+    for site, (in_hw, c_hw) in sizes_of.items():
+        out[site].input_hw, out[site].consumer_out_hw = in_hw, c_hw
     return Statistics(out, mean_loss, n_batches)

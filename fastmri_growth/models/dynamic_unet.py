@@ -370,6 +370,24 @@ class DynamicUnet(nn.Module):
         """Total number of parameters."""
         return sum(p.numel() for p in self.parameters())
 
+    def num_parameters_at(self, site_widths: Mapping[Site, int]) -> int:
+        """Parameters the network would have with some sites at other widths.
+
+        Args:
+            site_widths: ``{site: width}``; other sites keep their widths.
+
+        Returns:
+            The parameter count (counted on the meta device: nothing is allocated).
+        """
+        widths = self.get_network_size()
+        for site, width in site_widths.items():
+            self.site(site.layer, site.conv)
+            widths[site.layer][site.width_key] = int(width)
+        with torch.device("meta"):
+            probe = DynamicUnet(self.in_chans, self.out_chans, chans=self.chans,
+                                num_pool_layers=self.num_pool_layers, widths=widths)
+        return probe.num_parameters()
+
     def sync_attributes(self) -> None:
         """Refresh the informational width attributes after a surgery.
 

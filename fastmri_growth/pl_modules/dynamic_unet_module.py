@@ -83,6 +83,15 @@ class DynamicUnetModule(GrowthMixin, UnetModule):
         growth_start_epoch: int = D("growth_start_epoch"),
         growth_seed: int = D("growth_seed"),
         plateau_min_delta: float = D("plateau_min_delta"),
+        growth_batches: int = D("growth_batches"),
+        fan_out_init: str = D("fan_out_init"),
+        auto_sites: Optional[int] = D("auto_sites"),
+        site_criterion: str = D("site_criterion"),
+        optimizer_seeding: str = D("optimizer_seeding"),
+        new_filter_ramp_steps: int = D("new_filter_ramp_steps"),
+        growth_end_epoch: Optional[int] = D("growth_end_epoch"),
+        target_chans: Optional[int] = D("target_chans"),
+        target_params: Optional[int] = D("target_params"),
         **kwargs,
     ):
         """
@@ -124,6 +133,18 @@ class DynamicUnetModule(GrowthMixin, UnetModule):
                 repeat the same decisions).
             plateau_min_delta: Plateau schedule: a smaller improvement of
                 validation_loss does not count.
+            growth_batches: Scoring batches per event (the epoch's first and
+                ``growth_batches - 1`` drawn reproducibly from the training set).
+            fan_out_init: ``"zero"`` (function-preserving) or ``"descent"``.
+            auto_sites: Grow only the this many best sites per event
+                (``layers_to_grow=["auto"]``: of all sites; default 1 then).
+            site_criterion: How sites are ranked: ``score``,
+                ``score_per_param`` or ``score_per_flop``.
+            optimizer_seeding: New second-moment state: ``mean``, ``grad``, ``zero``.
+            new_filter_ramp_steps: Ramp new weights' updates over this many steps.
+            growth_end_epoch: Budget schedule: the epoch of the last event.
+            target_chans: Budget schedule: grow to a fixed U-Net's widths of this chans.
+            target_params: Budget schedule: grow to this many parameters.
             **kwargs: Options of other registered growth methods, then
                 fastMRI's ``MriModule`` arguments (``num_log_images``).
         """
@@ -143,6 +164,7 @@ class DynamicUnetModule(GrowthMixin, UnetModule):
             in_chans, out_chans, chans=chans, num_pool_layers=num_pool_layers,
             drop_prob=drop_prob, growth_method=growth_method, n_candidates=n_candidates,
         )
+        self.growth_callback.prepare(self.unet)  # a budget target below the start fails now
 
     # ------------------------------------------------ GrowableModule protocol
     def growth_loss(self, batch) -> torch.Tensor:

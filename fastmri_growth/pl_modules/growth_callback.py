@@ -44,17 +44,19 @@ there, with the module's prefix stripped, as :class:`DynamicUnetModule` does.
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any, Dict, List, Mapping, Optional, Protocol, Sequence, Union, runtime_checkable
 
 import pytorch_lightning as pl
 import torch
 
-from fastmri_growth.growth.engine import grow
+from fastmri_growth.growth.engine import FAN_OUT_INITS, grow
 from fastmri_growth.growth.methods import GrowthMethod, get_method
 from fastmri_growth.growth.net import GrowableNet
-from fastmri_growth.growth.optim import remap_optimizer_state
+from fastmri_growth.growth.optim import SEEDINGS, remap_optimizer_state
 from fastmri_growth.growth.report import GrowthReport
-from fastmri_growth.growth.schedule import GrowthSchedule
+from fastmri_growth.growth.schedule import GrowthSchedule, budget_targets_for, width_of
+from fastmri_growth.growth.scoring import DEFAULT_SITE_CRITERION, site_value
 from fastmri_growth.growth.sites import Site, as_site
 
 
@@ -81,14 +83,6 @@ def _widths_total(size: Mapping) -> int:
     return total
 
 
-def _width_of(size: Mapping, site: Site) -> int:
-    node = size
-    if site.net:
-        for part in site.net.split("/"):
-            node = node[part]
-    return node[site.layer][site.width_key]
-
-
 class GrowthCallback(pl.Callback):
     """Grow a :class:`GrowableModule`'s network on a :class:`GrowthSchedule`."""
 
@@ -102,45 +96,97 @@ class GrowthCallback(pl.Callback):
         new_filter_lr_scale: float = 1.0,
         reset_optimizer: bool = False,
         seed: int = 0,
+        growth_batches: int = 1,
+        fan_out_init: str = "zero",
+        auto_sites: Optional[int] = None,
+        site_criterion: str = DEFAULT_SITE_CRITERION,
+        optimizer_seeding: str = "mean",
+        new_filter_ramp_steps: int = 0,
     ):
         """
         Args:
             schedule: When and where to grow.
             method: A registered growth method's name or a configured method.
             method_options: Options for a method given by name.
-            n_new: Filters added per site per event.
+            n_new: Filters added per site per event (not with the budget
+                schedule, whose targets say how many).
             max_width: Cap on the filters of any conv (None: no cap).
             new_filter_lr_scale: Learning-rate scale of newly added weights
                 during the epoch they were added in (the update is scaled,
                 so it is exact for adaptive optimizers too).
             reset_optimizer: Recreate optimizers and schedulers after growth
                 instead of carrying their state over.
-            seed: Seed of candidate and noise generation (identical on every
-                rank, and a function of the epoch, so a resumed run repeats
-                the same decisions).
+            seed: Seed of candidate and noise generation and of the extra
+                scoring batches (identical on every rank, and a function of
+                the epoch, so a resumed run repeats the same decisions).
+            growth_batches: Scoring batches per event: the epoch's first
+                training batch and ``growth_batches - 1`` more drawn from the
+                training set (per rank) by a generator seeded from ``seed``,
+                the epoch and the rank. The scores are the gradient of their
+                mean loss.
+            fan_out_init: ``"zero"`` (function-preserving) or ``"descent"``.
+            auto_sites: Grow only the this many best of the schedule's sites
+                per event, ranked by ``site_criterion``.
+            site_criterion: See :data:`fastmri_growth.growth.scoring.SITE_CRITERIA`.
+            optimizer_seeding: New second-moment entries: ``"mean"`` of the
+                existing ones, ``"grad"`` (the square of the new slices' known
+                gradient), or ``"zero"``.
+            new_filter_ramp_steps: Ramp the new weights' updates linearly from
+                0 to full over this many optimizer steps (0: no ramp).
 
         Raises:
             ValueError: a bad option, before anything trains.
         """
         super().__init__()
         self.method = get_method(method, **dict(method_options or {}))
-        if not isinstance(n_new, int) or isinstance(n_new, bool) or n_new < 1:
-            raise ValueError(f"n_new must be an int >= 1, got {n_new!r}")
+        for name, value in (("n_new", n_new), ("growth_batches", growth_batches)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
         if max_width is not None and (not isinstance(max_width, int) or max_width < 1):
             raise ValueError(f"max_width must be an int >= 1 or None, got {max_width!r}")
         if not (isinstance(new_filter_lr_scale, (int, float)) and new_filter_lr_scale >= 0
-                and new_filter_lr_scale == new_filter_lr_scale and new_filter_lr_scale != float("inf")):
+                and math.isfinite(new_filter_lr_scale)):
             raise ValueError(
                 f"new_filter_lr_scale must be a finite float >= 0, got {new_filter_lr_scale!r}")
+        if not isinstance(new_filter_ramp_steps, int) or new_filter_ramp_steps < 0:
+            raise ValueError(
+                f"new_filter_ramp_steps must be an int >= 0, got {new_filter_ramp_steps!r}")
+        if fan_out_init not in FAN_OUT_INITS:
+            raise ValueError(
+                f"Unknown fan_out_init {fan_out_init!r}; valid: {', '.join(FAN_OUT_INITS)}")
+        if fan_out_init == "descent" and not self.method.zero_fan_out:
+            raise ValueError(f"fan_out_init='descent' applies to methods that add zero-fan-out "
+                             f"filters (not {self.method.name!r})")
+        if optimizer_seeding not in SEEDINGS:
+            raise ValueError(f"Unknown optimizer_seeding {optimizer_seeding!r}; valid: "
+                             f"{', '.join(SEEDINGS)}")
+        site_value(0.0, 1, 1, site_criterion)
+        if auto_sites is not None:
+            n_sites = len(schedule.sites) if schedule.kind != "progressive" else None
+            if not isinstance(auto_sites, int) or isinstance(auto_sites, bool) or auto_sites < 1 \
+                    or (n_sites is not None and auto_sites > n_sites):
+                raise ValueError(
+                    f"auto_sites must be an int in [1, {n_sites}] (the number of sites to "
+                    f"choose from), got {auto_sites!r}")
+            if not self.method.zero_fan_out:
+                raise ValueError(f"auto_sites ranks candidate scores; {self.method.name!r} has "
+                                 "none (use sample_select, random or gradmax)")
         self.schedule = schedule
         self.n_new = n_new
         self.max_width = max_width
         self.new_filter_lr_scale = float(new_filter_lr_scale)
         self.reset_optimizer = bool(reset_optimizer)
         self.seed = int(seed)
+        self.growth_batches = growth_batches
+        self.fan_out_init = fan_out_init
+        self.auto_sites = auto_sites
+        self.site_criterion = site_criterion
+        self.optimizer_seeding = optimizer_seeding
+        self.new_filter_ramp_steps = new_filter_ramp_steps
         self.reports: List[GrowthReport] = []  # this process's, for inspection
-        # Per grown parameter, a bool mask of the entries added this epoch.
-        self._new_masks: Dict[torch.nn.Parameter, torch.Tensor] = {}
+        # Per grown parameter: [bool mask of the new entries, optimizer steps
+        # since growth, epoch of growth] (LR scale and ramp apply to them).
+        self._new: Dict[torch.nn.Parameter, list] = {}
         self._before_step: Dict[torch.nn.Parameter, torch.Tensor] = {}
         # (epoch, validation_loss) of the last validation, for the plateau schedule.
         self._last_validation: Optional[tuple] = None
@@ -157,14 +203,43 @@ class GrowthCallback(pl.Callback):
                 else list(self._last_validation)}
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
-        self.schedule.state = copy.deepcopy(state_dict["schedule"])
+        restored = copy.deepcopy(state_dict["schedule"])
+        if "budget" not in restored and "budget" in self.schedule.state:
+            restored["budget"] = self.schedule.state["budget"]
+        self.schedule.state = restored
         last = state_dict.get("last_validation")
         self._last_validation = tuple(last) if last else None
 
+    def prepare(self, net) -> None:
+        """Fix what depends on the network at the start of growth (the budget's targets).
+
+        Called by the growing modules right after they build their network,
+        so a target below the start size fails before anything trains.
+
+        Raises:
+            ValueError: the budget target is smaller than the network.
+        """
+        if self.schedule.kind == "budget" and "budget" not in self.schedule.state:
+            start, target, params = budget_targets_for(
+                net, self.schedule.sites, self.schedule.target_chans, self.schedule.target_params)
+            self.schedule.set_budget(start, target, params)
+
     # ------------------------------------------------------------ hooks
+    def on_fit_start(self, trainer, pl_module) -> None:
+        """Checks the schedule against the trainer, and fixes the budget's targets."""
+        events = self.schedule.budget_epochs() if self.schedule.kind == "budget" else []
+        if events and trainer.max_epochs is not None and trainer.max_epochs >= 0 and \
+                self.schedule.end_epoch >= trainer.max_epochs:
+            raise ValueError(
+                f"growth_end_epoch={self.schedule.end_epoch} is not before max_epochs="
+                f"{trainer.max_epochs}: the last growth event would never run")
+        self.prepare(pl_module.growable_net())
+
     def on_train_epoch_start(self, trainer, pl_module) -> None:
-        """Ends the previous growth's LR scale, and observes the last validation."""
-        self._new_masks = {}
+        """Ends the growth epoch's LR scale, and observes the last validation."""
+        # The LR scale lasts for the growth epoch; a ramp may last longer.
+        ramp = self.new_filter_ramp_steps
+        self._new = {p: rec for p, rec in self._new.items() if ramp and rec[1] < ramp}
         if self.schedule.kind == "plateau" and self._last_validation is not None:
             self.schedule.observe_validation(*self._last_validation)
             self._last_validation = None
@@ -187,7 +262,8 @@ class GrowthCallback(pl.Callback):
         self._checked_epoch = epoch
         sites = self.schedule.sites_for_epoch(epoch)
         if sites:
-            self.grow(trainer, pl_module, [batch], sites, epoch)
+            batches = [batch] + self.extra_batches(trainer, epoch)
+            self.grow(trainer, pl_module, batches, sites, epoch)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         # After this epoch's growth, so the curve shows the size trained at.
@@ -198,30 +274,68 @@ class GrowthCallback(pl.Callback):
         pl_module.log("network/filters", float(_widths_total(net.get_network_size())),
                       on_step=False, on_epoch=True, sync_dist=True)
 
+    def _update_scale(self, rec, epoch: int) -> float:
+        scale = self.new_filter_lr_scale if epoch == rec[2] else 1.0
+        if self.new_filter_ramp_steps:
+            scale *= min(1.0, rec[1] / self.new_filter_ramp_steps)
+        return scale
+
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-        if self._new_masks:
-            self._before_step = {p: p.detach().clone() for p in self._new_masks}
+        if self._new:
+            self._before_step = {p: p.detach().clone() for p in self._new}
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        """Scales the last update of the weights added this epoch."""
+        """Scales the last update of the weights added recently (LR scale, ramp)."""
         if not self._before_step:
             return
+        epoch = trainer.current_epoch
         with torch.no_grad():
             for p, before in self._before_step.items():
-                mask = self._new_masks.get(p)
-                if mask is not None:
-                    scaled = before + self.new_filter_lr_scale * (p - before)
-                    p.copy_(torch.where(mask, scaled, p))
+                rec = self._new.get(p)
+                if rec is None:
+                    continue
+                rec[1] += 1
+                scale = self._update_scale(rec, epoch)
+                if scale != 1.0:
+                    p.copy_(torch.where(rec[0], before + scale * (p - before), p))
         self._before_step = {}
 
     # ------------------------------------------------------------ growth
-    def _budgets(self, net, sites: Sequence[Site]) -> Dict[Site, int]:
+    def extra_batches(self, trainer: Optional[pl.Trainer], epoch: int) -> List[Any]:
+        """``growth_batches - 1`` training batches for scoring, drawn reproducibly.
+
+        Indices into the training set come from a generator seeded by the
+        seed, the epoch and the rank (a resumed run draws the same ones), are
+        collated by the training loader's ``collate_fn`` in its batch size,
+        and moved to the module's device.
+        """
+        if self.growth_batches <= 1 or trainer is None:
+            return []
+        loader = trainer.train_dataloader
+        dataset = getattr(loader, "dataset", None)
+        if dataset is None or not hasattr(dataset, "__len__") or len(dataset) == 0:
+            return []
+        batch_size = getattr(loader, "batch_size", None) or 1
+        g = torch.Generator().manual_seed(
+            (self.seed * 1_000_003 + epoch) * 8191 + trainer.global_rank + 1)
+        count = min((self.growth_batches - 1) * batch_size, len(dataset))
+        idx = torch.randperm(len(dataset), generator=g)[:count].tolist()
+        collate = getattr(loader, "collate_fn", None) or torch.utils.data.default_collate
+        out = []
+        for i in range(0, count, batch_size):
+            batch = collate([dataset[j] for j in idx[i:i + batch_size]])
+            out.append(trainer.strategy.batch_to_device(batch))
+        return out
+
+    def _budgets(self, net, sites: Sequence[Site], epoch: int) -> Dict[Site, int]:
         size = net.get_network_size()
+        targets = self.schedule.budget_targets(epoch) if self.schedule.kind == "budget" else None
         out = {}
         for site in sites:
-            n = self.n_new
+            width = width_of(size, site)
+            n = self.n_new if targets is None else targets.get(site.key, width) - width
             if self.max_width is not None:
-                n = max(0, min(n, self.max_width - _width_of(size, site)))
+                n = min(n, self.max_width - width)
             if n > 0:
                 out[site] = n
         return out
@@ -238,10 +352,11 @@ class GrowthCallback(pl.Callback):
             epoch: The epoch being started (seeds the candidates).
 
         Returns:
-            The growth reports (empty if every site is at ``max_width``).
+            The growth reports (empty if no site has room to grow).
         """
         net = pl_module.growable_net()
-        budgets = self._budgets(net, [as_site(s) for s in sites])
+        self.prepare(net)
+        budgets = self._budgets(net, [as_site(s) for s in sites], epoch)
         if not budgets:
             self.schedule.mark_grown(epoch)
             return []
@@ -249,17 +364,23 @@ class GrowthCallback(pl.Callback):
         # Lightning's own reduction: a mean over DDP ranks, identity on one device.
         reduce_fn = None if trainer is None else (
             lambda t: trainer.strategy.reduce(t, reduce_op="mean"))
+        auto = None if self.auto_sites is None else min(self.auto_sites, len(budgets))
+        n_new: Any = budgets
+        if auto is not None and self.schedule.kind == "budget":
+            n_new = self._auto_budget(net, auto, budgets)
         reports = grow(net, list(budgets), self.method, batches, pl_module.growth_loss,
-                       n_new=budgets, generator=generator, reduce_fn=reduce_fn)
+                       n_new=n_new, generator=generator, reduce_fn=reduce_fn,
+                       fan_out_init=self.fan_out_init, auto_sites=auto,
+                       site_criterion=self.site_criterion)
         self.schedule.mark_grown(epoch)
         changes = [ch for r in reports for ch in r.changes]
-        self._after_growth(trainer, changes)
+        self._after_growth(trainer, changes, epoch)
         seconds = sum(r.seconds for r in reports)
         lines = [f"[epoch {epoch}] {r}" for r in reports]
         lines.append(
             f"[epoch {epoch}] network: {reports[-1].params_after:,} parameters "
             f"(+{reports[-1].params_after - reports[0].params_before:,}), growth took "
-            f"{seconds:.2f} s"
+            f"{seconds:.2f} s on {len(batches)} scoring batch{'es' if len(batches) > 1 else ''}"
         )
         for r in reports:
             r.changes = []  # drop references to the old parameters
@@ -269,25 +390,41 @@ class GrowthCallback(pl.Callback):
         if trainer is not None:
             # Epoch-level: step-level values would only reach the logger on
             # steps that are multiples of log_every_n_steps.
-            pl_module.log_dict({
+            logged = {
                 "growth/events": float(self.schedule.events),
                 "growth/filters_added": float(sum(r.n_added for r in reports)),
                 "growth/seconds": float(seconds),
                 "growth/params": float(reports[-1].params_after),
-            }, on_step=False, on_epoch=True, sync_dist=True)
+                "growth/scoring_loss": float(reports[0].loss),
+            }
+            if self.fan_out_init == "descent":
+                logged["growth/scoring_loss_after"] = float(reports[0].loss_after)
+            pl_module.log_dict(logged, on_step=False, on_epoch=True, sync_dist=True)
         hook = getattr(pl_module, "on_growth", None)
         if callable(hook):
             hook(reports)
         return reports
 
-    def _after_growth(self, trainer: Optional[pl.Trainer], changes) -> None:
+    def _auto_budget(self, net, auto: int, budgets: Dict[Site, int]):
+        """Budget + auto sites: this event's parameter increment, split over the chosen sites."""
+        events = self.schedule.budget_epochs()
+        left = len([e for e in events if e not in self.schedule.state["grown_epochs"]]) or 1
+        now = sum(p.numel() for p in net.parameters())
+        step = max(0, self.schedule.state["budget"]["target_params"] - now) / left
+
+        def count(score) -> int:
+            n = max(1, int(round(step / (auto * max(score.params_per_filter, 1)))))
+            return n if self.max_width is None else max(1, min(n, budgets[score.site]))
+        return count
+
+    def _after_growth(self, trainer: Optional[pl.Trainer], changes, epoch: int) -> None:
         """Bring optimizer, DDP wrapper and compiled graphs up to date."""
         if trainer is not None:
             if self.reset_optimizer:
                 trainer.strategy.setup_optimizers(trainer)
             else:
                 for opt in trainer.optimizers:
-                    remap_optimizer_state(opt, changes, seeding="mean")
+                    remap_optimizer_state(opt, changes, seeding=self.optimizer_seeding)
             strategy = trainer.strategy
             wrapped = isinstance(getattr(strategy, "model", None),
                                  torch.nn.parallel.DistributedDataParallel)
@@ -297,16 +434,16 @@ class GrowthCallback(pl.Callback):
                 # identically, and rank 0's parameters are broadcast.
                 strategy.model = strategy.lightning_module
                 strategy.configure_ddp()
-        if self.new_filter_lr_scale != 1.0:
+        if self.new_filter_lr_scale != 1.0 or self.new_filter_ramp_steps:
             for ch in changes:
                 # A weight can change twice in one event (a conv2 gets an
                 # input column from its conv1, then output rows): carry the
                 # mask of the earlier change into the new shape.
-                earlier = self._new_masks.pop(ch.old, None)
+                earlier = self._new.pop(ch.old, None)
                 mask = ch.new_mask().clone()
                 if earlier is not None:
-                    mask |= ch.carry(earlier.to(ch.new.dtype), ch.new.new_zeros(())) > 0.5
-                self._new_masks[ch.new] = mask
+                    mask |= ch.carry(earlier[0].to(ch.new.dtype), ch.new.new_zeros(())) > 0.5
+                self._new[ch.new] = [mask, 0, epoch]
         # Every growth changes shapes: a compiled graph would be a guard
         # failure and, after a few, a silent fallback to eager. This resets
         # every compiled function of the process, not only this model's.

@@ -15,8 +15,11 @@ import argparse
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Type
 
+from fastmri_growth.growth.engine import FAN_OUT_INITS
 from fastmri_growth.growth.methods import METHODS, all_options, check_method_name
+from fastmri_growth.growth.optim import SEEDINGS
 from fastmri_growth.growth.schedule import SCHEDULES, GrowthSchedule, parse_progressive
+from fastmri_growth.growth.scoring import DEFAULT_SITE_CRITERION, SITE_CRITERIA
 from fastmri_growth.growth.sites import Site, parse_sites
 
 from .growth_callback import GrowthCallback
@@ -53,9 +56,16 @@ class GrowthFlag:
 GROWTH_FLAGS = (
     GrowthFlag("growth_method", "sample_select", "", choices=lambda: list(METHODS)),
     GrowthFlag("growth_interval", 1, "interval schedule: grow every N epochs", type=int),
-    GrowthFlag("layers_to_grow", None, "Sites to grow: LAYER (both convs) or LAYER:CONV (0 or "
-               "1); layers are down_0..down_{P-1}, bottleneck, up_0..up_{P-1}; default: all",
-               type=str, nargs="+"),
+    GrowthFlag("layers_to_grow", None, "Sites to grow: LAYER (both convs) or LAYER:CONV (0, 1, "
+               "or t: the transposed conv into an up layer); layers are down_0..down_{P-1}, "
+               "bottleneck, up_0..up_{P-1}; 'auto': the --auto-sites best sites of all, chosen "
+               "at each event by --site-criterion; default: all", type=str, nargs="+"),
+    GrowthFlag("auto_sites", None, "Grow only the K best of the sites at each event (ranked by "
+               "--site-criterion from the event's statistics; 'auto' in --layers-to-grow "
+               "implies 1)", type=optional_int),
+    GrowthFlag("site_criterion", DEFAULT_SITE_CRITERION, "How --auto-sites ranks sites: the best "
+               "candidate's score, per parameter or per FLOP a new filter adds",
+               choices=lambda: list(SITE_CRITERIA)),
     GrowthFlag("growth_schedule", "interval", "When to grow: interval (every N epochs), plateau "
                "(after N validations without validation_loss improvement) or progressive (given "
                "epochs and sites)", choices=lambda: list(SCHEDULES)),
@@ -76,6 +86,23 @@ GROWTH_FLAGS = (
     GrowthFlag("growth_seed", 0, "Seed of candidate generation", type=int),
     GrowthFlag("plateau_min_delta", 0.0, "plateau schedule: an improvement of validation_loss "
                "smaller than this does not count", type=float),
+    GrowthFlag("growth_batches", 8, "Scoring batches per growth event: the epoch's first and "
+               "N-1 more drawn reproducibly from the training set (per process); scores are the "
+               "gradient of their mean loss", type=int),
+    GrowthFlag("fan_out_init", "zero", "New filters' fan-out: zero (output unchanged) or "
+               "descent (minus its gradient, scaled by a line search on the scoring batches)",
+               choices=lambda: list(FAN_OUT_INITS)),
+    GrowthFlag("optimizer_seeding", "mean", "New second-moment optimizer state: mean of the "
+               "existing entries, grad (square of the new slices' known gradient) or zero",
+               choices=lambda: list(SEEDINGS)),
+    GrowthFlag("new_filter_ramp_steps", 0, "Ramp new weights' updates from 0 to full over N "
+               "optimizer steps (0: none)", type=int),
+    GrowthFlag("growth_end_epoch", None, "budget schedule: the epoch of the last growth event",
+               type=optional_int),
+    GrowthFlag("target_chans", None, "budget schedule: grow to the widths of a fixed U-Net of "
+               "this chans", type=optional_int),
+    GrowthFlag("target_params", None, "budget schedule: grow to this many parameters",
+               type=optional_int),
 )
 
 #: Defaults of every growth option: the module-level ones, then the methods'.
@@ -162,18 +189,30 @@ def build_growth_callback(
                          f"{', '.join(growth_arg_names())}")
     o = {name: options.get(name, growth_default(name)) for name in growth_arg_names()}
     check_method_name(o["growth_method"])
-    sites = parse_sites(o["layers_to_grow"], all_sites)
+    entries = o["layers_to_grow"]
+    entries = entries.replace(",", " ").split() if isinstance(entries, str) else entries
+    auto_sites = o["auto_sites"]
+    if entries is not None and "auto" in list(entries):
+        if list(entries) != ["auto"]:
+            raise ValueError(f"layers_to_grow 'auto' chooses among all sites: give it alone, "
+                             f"got {list(entries)}")
+        entries, auto_sites = None, 1 if auto_sites is None else auto_sites
+    sites = parse_sites(entries, all_sites)
     progressive = (parse_progressive(o["progressive_schedule"], all_sites)
                    if o["growth_schedule"] == "progressive" else {})
     schedule = GrowthSchedule(
         kind=o["growth_schedule"], sites=sites, interval=o["growth_interval"],
         start_epoch=o["growth_start_epoch"], patience=o["plateau_patience"],
         min_delta=o["plateau_min_delta"], progressive=progressive,
-        max_events=o["max_growth_steps"],
+        max_events=o["max_growth_steps"], end_epoch=o["growth_end_epoch"],
+        target_chans=o["target_chans"], target_params=o["target_params"],
     )
     method_options = {name: o[name] for name in all_options()}
     return callback_class(
         schedule, method=o["growth_method"], method_options=method_options, n_new=o["n_new"],
         max_width=o["max_width"], new_filter_lr_scale=o["new_filter_lr_scale"],
         reset_optimizer=o["reset_optimizer"], seed=o["growth_seed"],
+        growth_batches=o["growth_batches"], fan_out_init=o["fan_out_init"],
+        auto_sites=auto_sites, site_criterion=o["site_criterion"],
+        optimizer_seeding=o["optimizer_seeding"], new_filter_ramp_steps=o["new_filter_ramp_steps"],
     )

@@ -81,8 +81,11 @@ def method_names() -> List[str]:
     return list(METHODS)
 
 
-# Built-in methods register themselves on import.
-from . import sample_select, split  # noqa: E402,F401
+# Built-in methods register themselves on import, in this (choices) order.
+from . import sample_select  # noqa: E402,F401,I001
+from . import split  # noqa: E402,F401
+from . import random  # noqa: E402,F401
+from . import gradmax  # noqa: E402,F401
 
 __all__ = ["METHODS", "GrowthMethod", "Option", "Proposal", "all_options", "check_method_name",
            "get_method", "method_names", "option_default", "register_method"]

@@ -6,7 +6,9 @@ A method is a small class registered with
 
 1. :meth:`GrowthMethod.check` - is the request valid (before anything runs)?
 2. :meth:`GrowthMethod.candidates` - fan-ins to score, fixed before the
-   statistics pass (or None);
+   statistics pass (or None); a method may first ask for a pre-pass
+   (:meth:`GrowthMethod.pre_accumulator`) whose statistics it turns into
+   candidates (``gradmax``: directions of a linearised problem);
 3. one statistics pass over the scoring batches for all sites at once
    (fan-out gradients of the candidates, and whatever :meth:`wants` lists);
 4. :meth:`GrowthMethod.propose` - the new filters (a :class:`Proposal`);
@@ -147,13 +149,27 @@ class GrowthMethod:
         """Statistics needed beyond candidates' fan-out gradients: ``"weight_grad"``."""
         return ()
 
-    def accumulator(self, spec: SiteSpec, n_new: int) -> Optional[Accumulator]:
-        """An extra per-batch statistic (e.g. a method's linearised problem), or None."""
+    def accumulator(self, spec: SiteSpec, n_new: int,
+                    candidates: Optional[torch.Tensor]) -> Optional[Accumulator]:
+        """An extra per-batch statistic of the scoring pass (given the pool), or None."""
+        return None
+
+    def pre_accumulator(self, spec: SiteSpec, n_new: int) -> Optional[Accumulator]:
+        """A statistic of a first pass, from which :meth:`candidates` builds its pool, or None."""
         return None
 
     def candidates(self, spec: SiteSpec, n_new: int, generator: Optional[torch.Generator],
-                   given: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
-        """Fan-ins to score in the statistics pass `(K, C_in, kh, kw)`, or None."""
+                   given: Optional[torch.Tensor] = None,
+                   pre: Optional[SiteStatistics] = None) -> Optional[torch.Tensor]:
+        """Fan-ins to score in the statistics pass `(K, C_in, kh, kw)`, or None.
+
+        Args:
+            spec: The site.
+            n_new: Filters to add.
+            generator: CPU random generator.
+            given: Candidates passed explicitly by the caller.
+            pre: The pre-pass statistics, if :meth:`pre_accumulator` asked for one.
+        """
         return given
 
     def propose(self, spec: SiteSpec, n_new: int, stats: Optional[SiteStatistics],

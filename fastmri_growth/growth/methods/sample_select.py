@@ -37,7 +37,7 @@ class SampleSelect(GrowthMethod):
         if n_new > k:
             raise ValueError(f"n_new={n_new} exceeds the number of candidates ({k})")
 
-    def candidates(self, spec, n_new, generator, given=None):
+    def candidates(self, spec, n_new, generator, given=None, pre=None):
         if given is not None:
             return given.to(spec.conv.weight)
         return generate_candidates(spec, self.n_candidates, generator)
