@@ -760,7 +760,8 @@ def test_report_fields_and_parameter_count(lid, ci, n_new):
     assert isinstance(report, GrowthReport)
     assert (report.layer_idx, report.conv_idx, report.method, report.n_added) == (
         lid, ci, "sample_select", n_new)
-    assert len(report.scores) == 7 and all(isinstance(s, float) for s in report.scores)
+    # n_candidates (7) per added filter.
+    assert len(report.scores) == 7 * n_new and all(isinstance(s, float) for s in report.scores)
     if n_new == 1:
         assert report.selected == [report.selected[0]] and 0 <= report.selected[0] < 7
     else:
@@ -838,7 +839,8 @@ def _bad_cases():
         ("n_candidates 0", {}, {"n_candidates": 0}, ["n_candidates", "0"]),
         ("n_new 0", dict(n_new=0), {}, ["n_new", "0"]),
         ("n_new -1", dict(n_new=-1), {}, ["n_new", "-1"]),
-        ("n_new > candidates", dict(n_new=4), {"n_candidates": 3}, ["n_new=4", "3"]),
+        ("n_new > explicit candidates",
+         dict(n_new=4, candidates=torch.randn(3, 4, 3, 3, dtype=F64)), {}, ["n_new=4", "(3)"]),
         ("split n_new > filters", dict(n_new=5, method="split"), {}, ["n_new=5", "4"]),
         ("negative split noise", dict(method="split", split_noise=-0.1), {}, ["-0.1"]),
         ("batch channels", dict(batch_data=torch.randn(2, 3, 17, 23, dtype=F64)), {},

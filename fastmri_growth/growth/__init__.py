@@ -24,7 +24,7 @@ from .net import Consumer, GrowableNet, SiteSpec, channelwise
 from .optim import grow_optimizer_state, remap_optimizer_state
 from .report import GrowthReport
 from .schedule import SCHEDULES, GrowthSchedule, parse_progressive
-from .scoring import brute_force_scores_at, score_candidates_at
+from .scoring import SITE_CRITERIA, SiteScore, brute_force_scores_at, score_candidates_at, score_sites
 from .sites import Site, parse_sites
 from .statistics import Statistics, collect
 from .surgery import ParamChange, add_output_channels, remove_output_channels
@@ -35,5 +35,5 @@ __all__ = [
     "Statistics", "add_output_channels", "brute_force_scores_at", "channelwise", "collect",
     "generate_candidates", "get_method", "grow", "grow_optimizer_state", "parse_progressive",
     "parse_sites", "register_method", "remap_optimizer_state", "remove_output_channels",
-    "score_candidates_at", "select_diverse",
+    "SITE_CRITERIA", "SiteScore", "score_candidates_at", "score_sites", "select_diverse",
 ]

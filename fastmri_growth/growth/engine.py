@@ -46,7 +46,7 @@ from .surgery import ParamChange, compose_maps
 FAN_OUT_INITS = ("zero", "descent")
 #: Line-search scales of the descent fan-out, as fractions of the norm the new
 #: slices would have at the consumers' typical column norm.
-DESCENT_SCALES = (1 / 64, 1 / 32, 1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0)
+DESCENT_SCALES = (1 / 64, 1 / 32, 1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0, 2.0, 4.0)
 
 Count = Union[int, Mapping[Site, int], Callable[[SiteScore], int]]
 
@@ -235,7 +235,10 @@ def grow(
         p = proposals[site]
         details = dict(p.details)
         if site in site_scores:
-            details["site_score"] = site_scores[site]
+            sc = site_scores[site]
+            details.update(site_value=sc.value, site_best_score=sc.best_score,
+                           params_per_filter=sc.params_per_filter,
+                           flops_per_filter=sc.flops_per_filter)
         if scale is not None:
             details["descent_scale"] = scale
         reports.append(GrowthReport(

@@ -9,7 +9,7 @@ K-pass reference the closed form is tested against.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable, List, Optional, Sequence, Union
 
 import torch
@@ -117,10 +117,10 @@ class SiteScore:
 
     site: Site
     best_score: float
-    scores: List[float]
-    candidates: torch.Tensor
-    params_per_filter: int
-    flops_per_filter: int
+    scores: List[float] = field(repr=False)
+    candidates: torch.Tensor = field(repr=False)
+    params_per_filter: int = 0
+    flops_per_filter: int = 0
     value: float = float("nan")
 
 

@@ -10,7 +10,7 @@ from ..growth.methods import METHODS as GROWTH_METHODS
 from ..growth.optim import grow_optimizer_state, remap_optimizer_state
 from ..growth.report import GrowthReport
 from .dynamic_unet import DynamicUnet, DynamicUnetModel
-from .scoring import brute_force_scores, score_candidates
+from .scoring import brute_force_scores, score_candidates, score_sites
 from .topology import layer_ids
 from .unet_spec import architecture_from_state_dict, default_widths
 
@@ -18,5 +18,5 @@ __all__ = [
     "DynamicUnet", "DynamicUnetModel", "GrowthReport", "GROWTH_METHODS",
     "architecture_from_state_dict", "brute_force_scores", "default_widths",
     "generate_candidates", "grow_optimizer_state", "layer_ids", "remap_optimizer_state",
-    "score_candidates",
+    "score_candidates", "score_sites",
 ]

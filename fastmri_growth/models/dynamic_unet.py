@@ -7,6 +7,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..growth.engine import grow
+from ..growth.scoring import DEFAULT_SITE_CRITERION
 from ..growth.methods import check_method_name, get_method, option_default
 from ..growth.net import Consumer, SiteSpec, avg_pool_2x2, channelwise, reflect_pad_to
 from ..growth.sites import Site, check_conv_idx
@@ -496,7 +497,7 @@ class DynamicUnet(nn.Module):
     def grow_network(
         self,
         layer_idx: str,
-        conv_idx: int,
+        conv_idx: Optional[Union[int, str]],
         batch_data,
         target_data,
         criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.l1_loss,
@@ -506,13 +507,18 @@ class DynamicUnet(nn.Module):
         candidates: Optional[torch.Tensor] = None,
         generator: Optional[torch.Generator] = None,
         reduce_fn: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+        fan_out_init: str = "zero",
+        site_criterion: str = DEFAULT_SITE_CRITERION,
         **method_options,
     ):
-        """Add ``n_new`` filters to one conv, keeping the function (see the methods).
+        """Add ``n_new`` filters to one conv (zero fan-out: the function is kept).
 
         Args:
-            layer_idx: Layer id, e.g. ``"down_0"``, ``"bottleneck"``, ``"up_1"``.
-            conv_idx: 0 for the block's first conv, 1 for its second.
+            layer_idx: Layer id, e.g. ``"down_0"``, ``"bottleneck"``, ``"up_1"``;
+                or ``"auto"``: the best site of all, ranked by ``site_criterion``
+                from one statistics pass (``conv_idx`` must then be None).
+            conv_idx: 0 for the block's first conv, 1 for its second, ``"t"``
+                for an up layer's transposed conv.
             batch_data: Scoring batch `(N, in_chans, H, W)`, or a list of
                 batches (the score is then the gradient of their mean loss).
                 None only for ``split`` on existing ``.grad``.
@@ -530,6 +536,10 @@ class DynamicUnet(nn.Module):
                 DDP rank give identical candidates and noise).
             reduce_fn: Optional function applied to the accumulated
                 statistics before they are scored (e.g. a DDP mean).
+            fan_out_init: ``"zero"`` or ``"descent"`` (the new fan-outs along
+                minus their gradient, scaled by a line search on the batches).
+            site_criterion: With ``layer_idx="auto"``: ``score``,
+                ``score_per_param`` or ``score_per_flop``.
             **method_options: Options of other registered methods.
 
         Returns:
@@ -539,13 +549,22 @@ class DynamicUnet(nn.Module):
             ValueError: On bad arguments, before anything changes.
             RuntimeError: On a non-finite loss or score; the model is unchanged.
         """
-        site = self.site(layer_idx, conv_idx)
+        auto = layer_idx == "auto"
+        if auto and conv_idx is not None:
+            raise ValueError(f"layer_idx='auto' chooses the conv too: pass conv_idx=None, "
+                             f"got {conv_idx!r}")
+        site = None if auto else self.site(layer_idx, conv_idx)
         name = check_method_name(self.growth_method if method is None else method)
-        m = get_method(name, n_candidates=self.n_candidates, split_noise=split_noise,
+        options = dict({"n_candidates": self.n_candidates, "split_noise": split_noise},
                        **method_options)
+        m = get_method(name, **options)
         if not isinstance(n_new, int) or isinstance(n_new, bool) or n_new < 1:
             raise ValueError(f"n_new must be an int >= 1, got {n_new!r}")
-        m.check(self.site_spec(site), n_new, candidates)
+        if auto and candidates is not None:
+            raise ValueError("layer_idx='auto' draws its own candidates at every site")
+        for spec in ([self.site_spec(s) for s in self.growth_sites()] if auto
+                     else [self.site_spec(site)]):
+            m.check(spec, n_new, candidates)
         if batch_data is None and target_data is None and not m.needs_batches:
             batches = None
         elif batch_data is None or target_data is None:
@@ -553,9 +572,10 @@ class DynamicUnet(nn.Module):
         else:
             batches = self.check_batches(batch_data, target_data)
         (report,) = grow(
-            self, [site], m, batches, self.loss_fn(criterion), n_new,
+            self, None if auto else [site], m, batches, self.loss_fn(criterion), n_new,
             candidates=None if candidates is None else {site: candidates},
-            generator=generator, reduce_fn=reduce_fn,
+            generator=generator, reduce_fn=reduce_fn, fan_out_init=fan_out_init,
+            auto_sites=1 if auto else None, site_criterion=site_criterion,
         )
         return report
 

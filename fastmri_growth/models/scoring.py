@@ -7,6 +7,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..growth.scoring import brute_force_scores_at, score_candidates_at
+from ..growth.scoring import score_sites as score_sites_at
 from ..growth.statistics import Statistics
 from .dynamic_unet import prepare_target  # noqa: F401  (old import path)
 
@@ -77,6 +78,41 @@ def brute_force_scores(
     batches = model.check_batches(batch, target)
     return brute_force_scores_at(model, site, candidates, batches,
                                  lambda m: m.loss_fn(criterion))
+
+
+def score_sites(
+    model: nn.Module,
+    batches,
+    targets,
+    criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.l1_loss,
+    n_candidates: int = 10,
+    sites=None,
+    site_criterion: str = "score_per_flop",
+    generator: Optional[torch.Generator] = None,
+    reduce_fn: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+):
+    """Score random candidates at every site of a DynamicUnet in one pass.
+
+    Args:
+        model: A :class:`~fastmri_growth.models.DynamicUnet`.
+        batches: One batch `(N, in_chans, H, W)` or a list of them.
+        targets: The matching target(s).
+        criterion: The training loss.
+        n_candidates: Candidates per site.
+        sites: Sites to score (default: all, transposed convs included).
+        site_criterion: How the results are ranked (``score``,
+            ``score_per_param``, ``score_per_flop``).
+        generator: CPU generator for the candidates.
+        reduce_fn: Mean over DDP ranks.
+
+    Returns:
+        Per site a :class:`~fastmri_growth.growth.scoring.SiteScore` (best
+        score, candidates and their scores, parameters and forward FLOPs per
+        added filter, value under the criterion), best first.
+    """
+    return score_sites_at(model, model.check_batches(batches, targets), model.loss_fn(criterion),
+                          sites=sites, n_candidates=n_candidates, criterion=site_criterion,
+                          generator=generator, reduce_fn=reduce_fn)
 
 
 def __getattr__(name):

@@ -13,7 +13,8 @@ diversity term measured on feature maps:
    InstanceNorm-aware as in TINY, Verbockhaven et al.). Its maximisers are
    ``S^(-1/2)`` times the top right-singular vectors of ``A S^(-1/2)``;
    the top ``gradmax_directions`` of them, each with both signs (LeakyReLU is
-   asymmetric), join ``n_candidates`` random candidates in the pool. ``A``
+   asymmetric), join ``n_candidates`` random candidates per added filter in
+   the pool. ``A``
    and ``S`` are accumulated over the scoring batches like every statistic.
 2. **Exact scores.** The pool is scored by the exact closed form (the same
    pass as ``sample_select``), which also accumulates the feature maps'
@@ -141,10 +142,7 @@ class GradMax(GrowthMethod):
     def check(self, spec: SiteSpec, n_new: int, candidates: Optional[torch.Tensor]) -> None:
         if candidates is not None:
             raise ValueError("gradmax builds its own candidates; pass none (or use sample_select)")
-        pool = self.n_candidates + 2 * self.gradmax_directions
-        if n_new > pool:
-            raise ValueError(f"n_new={n_new} exceeds gradmax's pool of {pool} candidates "
-                             "(n_candidates + 2 * gradmax_directions)")
+
 
     def _basis(self, spec: SiteSpec) -> torch.Tensor:
         d = int(torch.Size(spec.fan_in_shape).numel())
@@ -161,7 +159,7 @@ class GradMax(GrowthMethod):
         return LinearisedProblem(self._basis(spec))
 
     def candidates(self, spec, n_new, generator, given=None, pre=None):
-        rand = generate_candidates(spec, self.n_candidates, generator)
+        rand = generate_candidates(spec, self.n_candidates * n_new, generator)
         if pre is None or "S" not in pre.extra:
             return rand
         dirs = linearised_directions(spec, pre, self._basis(spec), self.gradmax_directions)
@@ -181,6 +179,7 @@ class GradMax(GrowthMethod):
                 "the model is unchanged"
             )
         k = stats.candidates.shape[0]
+        n_random = self.n_candidates * n_new
         corr = feature_correlations(stats.extra["m1"].double(), stats.extra["m2"].double()).abs()
         to_existing = corr[:k, k:].amax(dim=1) if corr.shape[0] > k else torch.zeros(k)
         rho = to_existing.clone()
@@ -195,7 +194,7 @@ class GradMax(GrowthMethod):
             rhos.append(float(rho[j]))
             rho = torch.maximum(rho, corr[:k, j])
         idx = torch.tensor(kept, device=scores.device)
-        n_dirs = k - self.n_candidates
+        n_dirs = k - n_random
         pair = corr[idx][:, idx].fill_diagonal_(0) if n_new > 1 else torch.zeros(1, 1)
         return Proposal(
             rows=stats.candidates[kept], selected=kept, scores=scores.tolist(),

@@ -1,10 +1,12 @@
-"""``sample_select``: score K random zero-fan-out candidates in one pass, keep the best.
+"""``sample_select``: score random zero-fan-out candidates in one pass, keep the best.
 
-Kept filters get the candidate's fan-in and a zero fan-out in every consumer,
-so the network output is unchanged. Scores are the exact gradient norm a
-brute-force pass would measure for each candidate alone (see
-:mod:`..statistics`). With ``n_new > 1`` the best are kept greedily, skipping
-near-duplicate fan-in directions.
+``n_candidates`` random candidates per added filter are scored (``n_new``
+filters: ``n_new * n_candidates`` candidates). Kept filters get the
+candidate's fan-in and a zero fan-out in every consumer, so the network
+output is unchanged. Scores are the exact gradient norm a brute-force pass
+would measure for each candidate alone (see :mod:`..statistics`). With
+``n_new > 1`` the best are kept greedily, skipping near-duplicate fan-in
+directions.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from .base import GrowthMethod, Option, Proposal, positive_int
 
 N_CANDIDATES = Option(
     "n_candidates", 10, int, positive_int("n_candidates"),
-    "Candidates scored per site (sample_select)",
+    "Candidates scored per added filter (sample_select, gradmax)",
 )
 
 
@@ -33,14 +35,14 @@ class SampleSelect(GrowthMethod):
 
     def check(self, spec: SiteSpec, n_new: int, candidates: Optional[torch.Tensor]) -> None:
         super().check(spec, n_new, candidates)
-        k = self.n_candidates if candidates is None else candidates.shape[0]
-        if n_new > k:
-            raise ValueError(f"n_new={n_new} exceeds the number of candidates ({k})")
+        if candidates is not None and n_new > candidates.shape[0]:
+            raise ValueError(
+                f"n_new={n_new} exceeds the number of candidates ({candidates.shape[0]})")
 
     def candidates(self, spec, n_new, generator, given=None, pre=None):
         if given is not None:
             return given.to(spec.conv.weight)
-        return generate_candidates(spec, self.n_candidates, generator)
+        return generate_candidates(spec, self.n_candidates * n_new, generator)
 
     def propose(self, spec: SiteSpec, n_new: int, stats: SiteStatistics,
                 generator: Optional[torch.Generator]) -> Proposal:
