@@ -28,6 +28,7 @@ DDP_SCRIPT = textwrap.dedent(
     from fastmri_growth.pl_modules.lightning2 import FastMriDataModule
 
     data_root, out, devices = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
+    options = json.loads(sys.argv[4])
 
 
     class Recorder(pl.Callback):
@@ -48,10 +49,10 @@ DDP_SCRIPT = textwrap.dedent(
         use_dataset_cache_file=False, num_workers=0, distributed_sampler=True,
     )
     pl.seed_everything(0)
-    module = DynamicUnetModule(
+    module = DynamicUnetModule(**dict(dict(
         chans=2, num_pool_layers=2, n_candidates=3, layers_to_grow=["down_0:1", "bottleneck"],
         growth_interval=1, growth_start_epoch=1,
-    )
+    ), **options))
     recorder = Recorder()
     trainer = pl.Trainer(
         accelerator="cpu", devices=devices, strategy=DDPStrategy(process_group_backend="gloo"),
@@ -92,9 +93,18 @@ def knee_train(tmp_path_factory):
     return root / "knee"
 
 
+# Every decision option at once: two passes (gradmax), auto sites, a descent
+# line search, seeding from gradients and a ramp, on several scoring batches
+# that differ per rank: the ranks must still decide alike.
+DECISIONS = dict(growth_method="gradmax", layers_to_grow=["auto"], auto_sites=2,
+                 fan_out_init="descent", growth_batches=3, optimizer_seeding="grad",
+                 new_filter_ramp_steps=2, n_candidates=2, gradmax_directions=2)
+
+
 # One process under strategy="ddp" is wrapped in DDP too, and needs the same rebuild.
-@pytest.mark.parametrize("devices", [2, 1])
-def test_ddp_growth_keeps_ranks_identical(knee_train, tmp_path, devices):
+@pytest.mark.parametrize("devices,options", [(2, {}), (1, {}), (2, DECISIONS)],
+                         ids=["2", "1", "2-decisions"])
+def test_ddp_growth_keeps_ranks_identical(knee_train, tmp_path, devices, options):
     script = tmp_path / "ddp_grow.py"
     script.write_text(DDP_SCRIPT)
     out = tmp_path / "out"
@@ -103,7 +113,8 @@ def test_ddp_growth_keeps_ranks_identical(knee_train, tmp_path, devices):
            if k not in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_PORT", "MASTER_ADDR")}
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     proc = subprocess.run(
-        [sys.executable, str(script), str(knee_train), str(out), str(devices)],
+        [sys.executable, str(script), str(knee_train), str(out), str(devices),
+         json.dumps(options)],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -116,9 +127,13 @@ def test_ddp_growth_keeps_ranks_identical(knee_train, tmp_path, devices):
         assert info["train_sampler"] == "DistributedSampler"
         assert info["grown_epochs"] == [1, 2]
         sizes = {int(e): s for e, s in info["sizes"].items()}
-        assert [(sizes[e]["down_0"]["conv2_out"], sizes[e]["bottleneck"]["conv1_out"],
-                 sizes[e]["bottleneck"]["conv2_out"]) for e in range(3)] == [(2, 8, 8), (3, 9, 9), (4, 10, 10)]
-        assert sizes[2]["down_0"]["conv1_out"] == 2  # only down_0's second conv grows
+        if options:  # auto sites: two sites chosen per event
+            assert len(info["selected"]) == 4
+        else:
+            assert [(sizes[e]["down_0"]["conv2_out"], sizes[e]["bottleneck"]["conv1_out"],
+                     sizes[e]["bottleneck"]["conv2_out"]) for e in range(3)] == [
+                (2, 8, 8), (3, 9, 9), (4, 10, 10)]
+            assert sizes[2]["down_0"]["conv1_out"] == 2  # only down_0's second conv grows
         # 8 slices over the ranks: training went on after each growth.
         assert {int(e): s for e, s in info["steps"].items()} == {0: steps, 1: 2 * steps, 2: 3 * steps}
         assert info["optimizer_holds_module_params"]

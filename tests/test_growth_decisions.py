@@ -436,6 +436,14 @@ def test_growth_batches_draws_reproducible_extra_batches(knee):
     assert all(torch.equal(x.image, y.image) for x, y in zip(a, b))
     other = cb.extra_batches(types.SimpleNamespace(**dict(vars(t), global_rank=1)), 1)
     assert [(x.fname, int(x.slice_num)) for x in other] != [(x.fname, int(x.slice_num)) for x in a]
+    # Random training masks (use_seed=False): the draw leaves their random state alone.
+    mask = RandomMaskFunc([0.08], [4])
+    ds = SliceDataset(knee / "singlecoil_train", challenge="singlecoil", use_dataset_cache=False,
+                      transform=UnetDataTransform("singlecoil", mask_func=mask, use_seed=False))
+    state = mask.rng.get_state()[1].copy()
+    t.train_dataloader = DataLoader(ds, batch_size=1)
+    assert len(cb.extra_batches(t, 1)) == 2
+    assert (mask.rng.get_state()[1] == state).all()
 
 
 # --------------------------------------------------------------- bad input

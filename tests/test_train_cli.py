@@ -534,6 +534,19 @@ def _bad_cases(tmp: Path, knee_root: Path, run_dir: Path):
         ("both sample rates", data + common + ["--sample_rate", "0.5",
                                                "--volume_sample_rate", "0.5"],
          ["--sample_rate", "--volume_sample_rate"]),
+        ("budget ends after the run", data + common + [
+            "--growth-schedule", "budget", "--target-chans", "8", "--growth-end-epoch", "9",
+            "--max_epochs", "9"],
+         ["--growth-end-epoch 9 is not before --max_epochs 9", "--growth-end-epoch 8"]),
+        ("budget target below the start", data + common + [
+            "--growth-schedule", "budget", "--target-chans", "2", "--growth-end-epoch", "1"],
+         ["invalid model option", "target_chans=2", "chans=4"]),
+        ("budget flag without the budget schedule", data + common + ["--target-params", "9000"],
+         ["target_params", "growth_schedule='budget'"]),
+        ("no growth batches", data + common + ["--growth-batches", "0"],
+         ["growth_batches must be an int >= 1, got 0"]),
+        ("too many auto sites", data + common + ["--layers-to-grow", "auto", "--auto-sites", "50"],
+         ["auto_sites", "50", "[1, 12]"]),
     ]
 
 
@@ -563,6 +576,8 @@ def test_bad_input_one_line_exit_2_checkpoints_untouched(run_copy, knee_root, tm
     # Trainer flags are typed from pl.Trainer's signature: literals are choices.
     (["--precision", "17"], "invalid choice: '17'"),
     (["--max_epochs", "ten"], "--max_epochs"),
+    (["--fan-out-init", "sideways"], "invalid choice: 'sideways'"),
+    (["--site-criterion", "per_byte"], "invalid choice: 'per_byte'"),
 ])
 def test_argparse_errors_are_one_line(argv, fragment, capsys):
     with pytest.raises(SystemExit) as exc:

@@ -273,6 +273,19 @@ def resolve_checkpoint(args: argparse.Namespace) -> Optional[Path]:
     return ckpt
 
 
+def check_growth_schedule(args: argparse.Namespace) -> None:
+    """Growth epochs that the run's ``--max_epochs`` would never reach."""
+    if getattr(args, "growth_schedule", None) != "budget" or args.mode != "train":
+        return
+    end, max_epochs = getattr(args, "growth_end_epoch", None), args.max_epochs
+    if end is not None and max_epochs is not None and max_epochs >= 0 and end >= max_epochs:
+        raise UsageError(
+            f"--growth-end-epoch {end} is not before --max_epochs {max_epochs} (epochs count "
+            f"from 0): the last growth event would never run; pass --growth-end-epoch "
+            f"{max_epochs - 1} or less"
+        )
+
+
 def validate_args(args: argparse.Namespace) -> None:
     """Check the parsed arguments; fill path and checkpoint defaults.
 
@@ -285,5 +298,6 @@ def validate_args(args: argparse.Namespace) -> None:
     resolve_paths(args)
     check_mask_args(args)
     check_sample_rates(args)
+    check_growth_schedule(args)
     check_data(args)
     args.ckpt_path = resolve_checkpoint(args)

@@ -75,6 +75,23 @@ class GrowableModule(Protocol):
         """The scalar training loss on ``batch`` with the network as it is."""
 
 
+def _isolated(dataset):
+    """A shallow copy of a dataset whose transforms (and their random state) are copies.
+
+    fastMRI's ``SliceDataset`` draws random training masks from its
+    transform's mask function; reading extra items through the original
+    would advance that random state. The data themselves are not copied.
+    """
+    if dataset is None:
+        return None
+    out = copy.copy(dataset)
+    if getattr(out, "transform", None) is not None:
+        out.transform = copy.deepcopy(out.transform)
+    if isinstance(getattr(out, "datasets", None), list):  # CombinedSliceDataset, ConcatDataset
+        out.datasets = [_isolated(d) for d in out.datasets]
+    return out
+
+
 def _widths_total(size: Mapping) -> int:
     """Sum of every width in a (possibly nested) ``get_network_size()``."""
     total = 0
@@ -307,12 +324,15 @@ class GrowthCallback(pl.Callback):
         Indices into the training set come from a generator seeded by the
         seed, the epoch and the rank (a resumed run draws the same ones), are
         collated by the training loader's ``collate_fn`` in its batch size,
-        and moved to the module's device.
+        and moved to the module's device. They are read through a copy of the
+        dataset's transform, so the draw leaves the training stream's own
+        random state (fastMRI's random masks) as it was: a run that grows sees
+        the same training batches as one that does not.
         """
         if self.growth_batches <= 1 or trainer is None:
             return []
         loader = trainer.train_dataloader
-        dataset = getattr(loader, "dataset", None)
+        dataset = _isolated(getattr(loader, "dataset", None))
         if dataset is None or not hasattr(dataset, "__len__") or len(dataset) == 0:
             return []
         batch_size = getattr(loader, "batch_size", None) or 1

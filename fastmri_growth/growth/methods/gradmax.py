@@ -11,7 +11,8 @@ diversity term measured on feature maps:
    with ``A`` built from the consumers' deltas and the centred input patches
    and ``S`` their covariance (GradMax, Evci et al. 2022, made
    InstanceNorm-aware as in TINY, Verbockhaven et al.). Its maximisers are
-   ``S^(-1/2)`` times the top right-singular vectors of ``A S^(-1/2)``;
+   ``S^(-1/2)`` times the top right-singular vectors of ``A S^(-1/2)``, found
+   in a subspace of at most :data:`MAX_LINEARISED_DIM` dimensions;
    the top ``gradmax_directions`` of them, each with both signs (LeakyReLU is
    asymmetric), join ``n_candidates`` random candidates per added filter in
    the pool. ``A``
@@ -42,9 +43,13 @@ from . import register_method
 from .base import GrowthMethod, Option, Proposal, positive_int
 from .sample_select import N_CANDIDATES
 
-#: Fan-in spaces larger than this are sketched by a random orthonormal basis
-#: of this size before the linearised problem is formed (its matrices are d x d).
-MAX_LINEARISED_DIM = 1024
+#: The linearised problem is solved in a subspace of the fan-in space of at
+#: most this dimension: the whole space for small fan-ins (e.g. 9 or 36 at
+#: the first convs), else a random orthonormal one (fixed per site size, so
+#: every DDP rank agrees). Its cost is that of scoring this many candidates:
+#: with the whole space (d up to 9 * 512) a pre-pass cost over 100 training
+#: steps at chans 16 (measured in benchmarks/event_cost.py).
+MAX_LINEARISED_DIM = 64
 
 
 def _unit_interval(name):
