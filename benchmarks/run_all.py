@@ -24,7 +24,7 @@ from typing import Dict, List, Optional, Sequence
 
 from . import common
 
-BENCHMARKS = ("overhead", "growth_cost", "training", "quality", "gpu")
+BENCHMARKS = ("overhead", "growth_cost", "training", "quality", "gpu", "event_cost", "bump")
 HERE = Path(__file__).resolve().parent
 README = HERE / "README.md"
 PLOT = HERE / "quality_ssim.png"
@@ -36,6 +36,8 @@ TITLES = {
     "training": "3. Training with growth: time per epoch",
     "quality": "4. Quality study: grown vs fixed networks at equal epochs",
     "gpu": "5. GPU at fastMRI sizes (optional)",
+    "event_cost": "6. Cost of scoring every site and of a whole growth event",
+    "bump": "7. Training right after a growth event: the loss bump per method and treatment",
 }
 
 
@@ -75,6 +77,12 @@ def run_one(name: str, quick: bool, out: Path) -> dict:
     if name == "gpu":
         from . import gpu
         return gpu.run(quick=quick)
+    if name == "event_cost":
+        from . import event_cost
+        return event_cost.run(quick=quick)
+    if name == "bump":
+        from . import bump
+        return bump.run(work, quick=quick)
     raise ValueError(f"unknown benchmark {name!r}; valid: {', '.join(BENCHMARKS)}")
 
 
@@ -118,6 +126,11 @@ def targets_summary(results: Dict[str, dict]) -> List[str]:
             v = worst["ratio_vs_train"]
             lines.append(f"| growth-step peak memory <= 1.5x training step's (worst: "
                          f"{worst['side']}) | {v:.2f} | {'yes' if v <= 1.5 else 'NO'} |")
+    ec = results.get("event_cost")
+    if ec:
+        from . import event_cost
+
+        lines += event_cost.targets(ec["result"])
     return lines
 
 

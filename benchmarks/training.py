@@ -64,7 +64,7 @@ def make_data(root: Path, spec: dict, seed: int = 0) -> Path:
     return knee
 
 
-def data_module(knee: Path, seed: int):
+def data_module(knee: Path, seed: int, batch_size: int = 1):
     """fastMRI's data pipeline: UnetDataTransform, random 4x/8x training masks.
 
     The training mask's random state is seeded so that every configuration
@@ -83,7 +83,8 @@ def data_module(knee: Path, seed: int):
         train_transform=UnetDataTransform("singlecoil", mask_func=mask, use_seed=False),
         val_transform=UnetDataTransform("singlecoil", mask_func=val_mask, use_seed=True),
         test_transform=UnetDataTransform("singlecoil"),
-        use_dataset_cache_file=False, batch_size=1, num_workers=0, distributed_sampler=False,
+        use_dataset_cache_file=False, batch_size=batch_size, num_workers=0,
+        distributed_sampler=False,
     )
 
 

@@ -143,3 +143,30 @@ def test_object_ssim_ignores_background_offset(tmp_path):
     assert whole[0.02] - whole[-0.02] > 0.25
     assert objects[-0.02] == pytest.approx(objects[0.02], abs=0.05)
     assert objects[-0.02] > 0.99
+
+
+def test_event_cost_structure():
+    from benchmarks import event_cost
+
+    res = event_cost.run(cfg={"chans": 2, "num_pool_layers": 2, "side": 16, "repeats": 1,
+                              "n_candidates": 2})
+    assert res["sites"] == 12
+    assert [r["side"] for r in res["rows"]] == list(event_cost.SIDES)
+    assert all(r["ratio"]["ratio_of_medians"] > 0 for r in res["rows"])
+    text = event_cost.table(res)
+    assert "| scoring every site (one pass, N=10 each) |" in text and "<= 1.5" in text
+    assert len(event_cost.targets(res)) == 2
+
+
+def test_bump_structure(tmp_path):
+    from benchmarks import bump
+
+    cfg = {"data": TINY_DATA, "batch_size": 1, "seeds": (0,), "chans": 2, "num_pool_layers": 2,
+           "event_epoch": 1, "max_epochs": 2, "window": 1, "growth_batches": 1}
+    res = bump.run(tmp_path, cfg=cfg, methods=["random"], treatments=["mean", "grad"],
+                   log=lambda *_: None)
+    assert [(r["method"], r["treatment"]) for r in res["rows"]] == [("random", "mean"),
+                                                                   ("random", "grad")]
+    # Paired runs: before the event the grown and the fixed net are the same.
+    assert all(r["before"] == 0.0 for r in res["rows"])
+    assert "| random | grad |" in bump.table(res)
