@@ -74,6 +74,8 @@ DDP_SCRIPT = textwrap.dedent(
         "steps": {str(k): v for k, v in recorder.steps.items()},
         "grown_epochs": module.schedule.state["grown_epochs"],
         "selected": [[r.layer_idx, r.conv_idx, r.selected] for r in module.growth_reports],
+        "removed": [[r.layer_idx, r.conv_idx, r.removed]
+                    for r in module.growth_callback.prune_reports],
         "train_sampler": type(trainer.train_dataloader.sampler).__name__,
         "optimizer_holds_module_params": opt_ids == module_ids,
         "ddp_wraps_module_params": ddp_ids == module_ids,
@@ -102,8 +104,13 @@ DECISIONS = dict(growth_method="gradmax", layers_to_grow=["auto"], auto_sites=2,
 
 
 # One process under strategy="ddp" is wrapped in DDP too, and needs the same rebuild.
-@pytest.mark.parametrize("devices,options", [(2, {}), (1, {}), (2, DECISIONS)],
-                         ids=["2", "1", "2-decisions"])
+# Pruning by the Taylor criterion (reduced statistics) in exchange for growth.
+EXCHANGE = dict(layers_to_grow=["auto"], auto_sites=1, prune_schedule="exchange",
+                prune_criterion="taylor", growth_batches=2)
+
+
+@pytest.mark.parametrize("devices,options", [(2, {}), (1, {}), (2, DECISIONS), (2, EXCHANGE)],
+                         ids=["2", "1", "2-decisions", "2-exchange"])
 def test_ddp_growth_keeps_ranks_identical(knee_train, tmp_path, devices, options):
     script = tmp_path / "ddp_grow.py"
     script.write_text(DDP_SCRIPT)
@@ -127,7 +134,9 @@ def test_ddp_growth_keeps_ranks_identical(knee_train, tmp_path, devices, options
         assert info["train_sampler"] == "DistributedSampler"
         assert info["grown_epochs"] == [1, 2]
         sizes = {int(e): s for e, s in info["sizes"].items()}
-        if options:  # auto sites: two sites chosen per event
+        if options.get("prune_schedule") == "exchange":
+            assert len(info["selected"]) == 2 and info["removed"]
+        elif options:  # auto sites: two sites chosen per event
             assert len(info["selected"]) == 4
         else:
             assert [(sizes[e]["down_0"]["conv2_out"], sizes[e]["bottleneck"]["conv1_out"],
@@ -142,6 +151,7 @@ def test_ddp_growth_keeps_ranks_identical(knee_train, tmp_path, devices, options
         return
     # Same decisions on both ranks ...
     assert ranks[0]["selected"] == ranks[1]["selected"]
+    assert ranks[0]["removed"] == ranks[1]["removed"]
     assert ranks[0]["sizes"] == ranks[1]["sizes"]
     # ... and identical parameters at the end.
     assert list(states[0]) == list(states[1])

@@ -547,6 +547,11 @@ def _bad_cases(tmp: Path, knee_root: Path, run_dir: Path):
          ["growth_batches must be an int >= 1, got 0"]),
         ("too many auto sites", data + common + ["--layers-to-grow", "auto", "--auto-sites", "50"],
          ["auto_sites", "50", "[1, 12]"]),
+        ("prune fraction out of range", data + common + [
+            "--prune-schedule", "interval", "--prune-fraction", "1.5"],
+         ["prune_fraction must be in (0, 1), got 1.5"]),
+        ("prune flag without a prune schedule", data + common + ["--prune-n", "2"],
+         ["prune_n", "need a prune_schedule"]),
     ]
 
 

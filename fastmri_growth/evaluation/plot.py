@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import csv
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -167,10 +167,33 @@ def read_epoch_metrics(csv_path) -> Dict[str, Dict[int, float]]:
     return columns
 
 
-def growth_epochs(size: Dict[int, float]) -> List[int]:
-    """Epochs whose network size differs from the previous logged epoch."""
+def growth_epochs(size: Dict[int, float], sign: int = 0) -> List[int]:
+    """Epochs whose network size differs from the previous logged epoch.
+
+    Args:
+        size: ``{epoch: size}``.
+        sign: 0: any change; 1: growth only; -1: shrinkage only.
+    """
     epochs = sorted(size)
-    return [e for prev, e in zip(epochs, epochs[1:]) if size[e] != size[prev]]
+    return [e for prev, e in zip(epochs, epochs[1:]) if size[e] != size[prev]
+            and (sign == 0 or (size[e] - size[prev]) * sign > 0)]
+
+
+def event_epochs(data: Dict[str, Dict[int, float]], size_col: Optional[str]):
+    """Growth and pruning epochs of a run: ``(growth, pruning)``.
+
+    Read from the events the growth callback logs (``growth/filters_added``,
+    ``prune/filters_removed``); a log without them (older runs) falls back
+    on the size: growth where it rose, pruning where it fell. An exchange
+    event (as many filters removed as added) is in both lists.
+    """
+    added, removed = data.get("growth/filters_added"), data.get("prune/filters_removed")
+    if added or removed:
+        return (sorted(e for e, v in (added or {}).items() if v > 0),
+                sorted(e for e, v in (removed or {}).items() if v > 0))
+    if size_col is None:
+        return [], []
+    return growth_epochs(data[size_col], 1), growth_epochs(data[size_col], -1)
 
 
 @dataclass
@@ -182,8 +205,9 @@ class CurvesResult:
         csv_path: The newest ``metrics.csv`` read.
         plotted: Columns found.
         missing: Columns wanted but absent.
-        growth_epochs: Epochs at which the network size changed.
+        growth_epochs: Epochs with a growth event.
         csv_paths: Every ``metrics.csv`` read, oldest first.
+        prune_epochs: Epochs with a pruning event.
     """
 
     out: Path
@@ -192,6 +216,7 @@ class CurvesResult:
     missing: List[str]
     growth_epochs: List[int]
     csv_paths: List[Path]
+    prune_epochs: List[int] = field(default_factory=list)
 
 
 def plot_curves(log_dir_or_csv, out) -> CurvesResult:
@@ -199,8 +224,9 @@ def plot_curves(log_dir_or_csv, out) -> CurvesResult:
 
     Top panel: ``network/params`` (left axis) and ``network/filters``
     (right axis); bottom panel: ``val_metrics/ssim`` (left) and
-    ``val_metrics/psnr`` (right). Dashed vertical lines mark the epochs
-    where the size changed. Missing columns are skipped and reported.
+    ``val_metrics/psnr`` (right). Dashed green lines mark growth events,
+    dotted red ones pruning events (see :func:`event_epochs`). Missing
+    columns are skipped and reported.
 
     Args:
         log_dir_or_csv: A run folder (all its ``csv_logs`` versions, see
@@ -225,7 +251,7 @@ def plot_curves(log_dir_or_csv, out) -> CurvesResult:
             "(DynamicUnetModule logs network/*, validation logs val_metrics/*)"
         )
     size_col = next((c for c in SIZE_COLUMNS if c in present), None)
-    events = growth_epochs(data[size_col]) if size_col else []
+    events, prunes = event_epochs(data, size_col)
 
     plt = _pyplot()
     from matplotlib.ticker import MaxNLocator
@@ -246,15 +272,18 @@ def plot_curves(log_dir_or_csv, out) -> CurvesResult:
             target_ax.set_ylabel(col, color=colors[i])
             target_ax.tick_params(axis="y", colors=colors[i])
         for e in events:
-            left.axvline(e, color="gray", ls="--", lw=0.8)
+            left.axvline(e, color="tab:green", ls="--", lw=0.9)
+        for e in prunes:
+            left.axvline(e, color="tab:red", ls=":", lw=1.2)
         left.xaxis.set_major_locator(MaxNLocator(integer=True))
         left.grid(alpha=0.3)
     versions = csv_path.parent.name if len(csv_paths) == 1 else (
         f"{csv_paths[0].parent.name}..{csv_path.parent.name}")
-    axes[0, 0].set_title(
-        f"{versions}: {len(events)} growth event(s)"
-        + (f" at epochs {', '.join(map(str, events))}" if events else "")
-    )
+    title = f"{versions}: {len(events)} growth event(s)" + (
+        f" at epochs {', '.join(map(str, events))}" if events else "")
+    if prunes:
+        title += f"; {len(prunes)} pruning event(s) at epochs {', '.join(map(str, prunes))}"
+    axes[0, 0].set_title(title, fontsize=10)
     axes[-1, 0].set_xlabel("epoch")
     if missing:
         fig.text(0.01, 0.005, "missing: " + ", ".join(missing), fontsize=7, color="gray")
@@ -263,7 +292,7 @@ def plot_curves(log_dir_or_csv, out) -> CurvesResult:
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100)
     plt.close(fig)
-    return CurvesResult(out, csv_path, present, missing, events, csv_paths)
+    return CurvesResult(out, csv_path, present, missing, events, csv_paths, prunes)
 
 
 # ------------------------------------------------------------------ grid

@@ -7,6 +7,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..growth.engine import grow
+from ..growth.pruning import prune
 from ..growth.scoring import DEFAULT_SITE_CRITERION
 from ..growth.methods import check_method_name, get_method, option_default
 from ..growth.net import Consumer, SiteSpec, avg_pool_2x2, channelwise, reflect_pad_to
@@ -577,6 +578,54 @@ class DynamicUnet(nn.Module):
             generator=generator, reduce_fn=reduce_fn, fan_out_init=fan_out_init,
             auto_sites=1 if auto else None, site_criterion=site_criterion,
         )
+        return report
+
+
+    def prune_network(
+        self,
+        layer_idx: str,
+        conv_idx: Union[int, str],
+        n_remove: int,
+        criterion: str = "magnitude",
+        batch_data=None,
+        target_data=None,
+        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.l1_loss,
+        min_width: int = 1,
+        reduce_fn: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+    ):
+        """Remove the ``n_remove`` lowest-scoring output filters of one conv.
+
+        Their input slices go from every consumer (the growth consumer map);
+        a filter with a zero fan-out goes without changing the output.
+
+        Args:
+            layer_idx: Layer id.
+            conv_idx: 0, 1, or ``"t"`` for an up layer's transposed conv.
+            n_remove: Filters to remove.
+            criterion: ``"magnitude"`` (fan-out norm) or ``"taylor"``
+                (first-order loss change of the removal; needs batches).
+            batch_data: Batch(es) `(N, in_chans, H, W)`, for ``taylor`` and to
+                report the loss before and after.
+            target_data: The matching target(s).
+            loss_fn: ``loss_fn(output, target)``, the training loss.
+            min_width: The conv keeps at least this many filters.
+            reduce_fn: Mean over DDP ranks of the statistics.
+
+        Returns:
+            A :class:`fastmri_growth.growth.pruning.PruneReport`.
+
+        Raises:
+            ValueError: bad arguments, before anything changes.
+        """
+        site = self.site(layer_idx, conv_idx)
+        if batch_data is None and target_data is None:
+            batches = None
+        elif batch_data is None or target_data is None:
+            raise ValueError("pass both batch_data and target_data, or neither")
+        else:
+            batches = self.check_batches(batch_data, target_data)
+        (report,) = prune(self, {site: n_remove}, criterion, batches, self.loss_fn(loss_fn),
+                          reduce_fn=reduce_fn, min_width=min_width)
         return report
 
 

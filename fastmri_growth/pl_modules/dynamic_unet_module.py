@@ -92,6 +92,15 @@ class DynamicUnetModule(GrowthMixin, UnetModule):
         growth_end_epoch: Optional[int] = D("growth_end_epoch"),
         target_chans: Optional[int] = D("target_chans"),
         target_params: Optional[int] = D("target_params"),
+        prune_schedule: Optional[str] = D("prune_schedule"),
+        prune_interval: int = D("prune_interval"),
+        prune_start_epoch: int = D("prune_start_epoch"),
+        prune_epochs: Optional[str] = D("prune_epochs"),
+        prune_n: Optional[int] = D("prune_n"),
+        prune_fraction: Optional[float] = D("prune_fraction"),
+        prune_criterion: str = D("prune_criterion"),
+        prune_sites: Optional[List[str]] = D("prune_sites"),
+        min_width: int = D("min_width"),
         **kwargs,
     ):
         """
@@ -145,6 +154,17 @@ class DynamicUnetModule(GrowthMixin, UnetModule):
             growth_end_epoch: Budget schedule: the epoch of the last event.
             target_chans: Budget schedule: grow to a fixed U-Net's widths of this chans.
             target_params: Budget schedule: grow to this many parameters.
+            prune_schedule: When to remove filters: ``"interval"``,
+                ``"epochs"``, ``"exchange"`` (at every growth event, as many
+                filters as it adds), or None (never).
+            prune_interval: Interval prune schedule: every this many epochs.
+            prune_start_epoch: Interval prune schedule: first epoch.
+            prune_epochs: Epochs prune schedule, e.g. ``"3,6,9"``.
+            prune_n: Filters removed per prune site per event.
+            prune_fraction: Or this fraction of each site's width.
+            prune_criterion: ``"magnitude"`` or ``"taylor"``.
+            prune_sites: Sites that may lose filters (default: all).
+            min_width: No conv goes below this many filters.
             **kwargs: Options of other registered growth methods, then
                 fastMRI's ``MriModule`` arguments (``num_log_images``).
         """

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Protocol, Sequence, Union, runtime_checkable
 
 import pytorch_lightning as pl
@@ -54,6 +55,7 @@ from fastmri_growth.growth.engine import FAN_OUT_INITS, grow
 from fastmri_growth.growth.methods import GrowthMethod, get_method
 from fastmri_growth.growth.net import GrowableNet
 from fastmri_growth.growth.optim import SEEDINGS, remap_optimizer_state
+from fastmri_growth.growth.pruning import PruneReport, check_criterion, prune, score_filters
 from fastmri_growth.growth.report import GrowthReport
 from fastmri_growth.growth.schedule import GrowthSchedule, budget_targets_for, width_of
 from fastmri_growth.growth.scoring import DEFAULT_SITE_CRITERION, site_value
@@ -100,6 +102,75 @@ def _widths_total(size: Mapping) -> int:
     return total
 
 
+@dataclass
+class PruneSchedule:
+    """When and how :class:`GrowthCallback` removes filters.
+
+    Attributes:
+        kind: ``"interval"`` (every ``interval`` epochs from ``start_epoch``),
+            ``"epochs"`` (at the given ``epochs``) or ``"exchange"`` (at every
+            growth event, as many filters as it adds).
+        interval: Interval schedule.
+        start_epoch: Interval schedule: first pruning epoch.
+        epochs: Epochs schedule.
+        n: Filters removed per site per event.
+        fraction: Or this fraction of each site's width (at least one).
+        criterion: ``"magnitude"`` or ``"taylor"``.
+        sites: Sites that may lose filters (None: every site).
+        min_width: No conv goes below this many filters.
+    """
+
+    kind: str
+    interval: int = 1
+    start_epoch: int = 1
+    epochs: Sequence[int] = ()
+    n: Optional[int] = None
+    fraction: Optional[float] = None
+    criterion: str = "magnitude"
+    sites: Optional[Sequence[Site]] = None
+    min_width: int = 1
+
+    KINDS = ("interval", "epochs", "exchange")
+
+    def __post_init__(self):
+        if self.kind not in self.KINDS:
+            raise ValueError(f"Unknown prune_schedule {self.kind!r}; valid: "
+                             f"{', '.join(self.KINDS)}")
+        check_criterion(self.criterion)
+        for name in ("interval", "min_width"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{'prune_' if name == 'interval' else ''}{name} must be an "
+                                 f"int >= 1, got {value!r}")
+        if not isinstance(self.start_epoch, int) or self.start_epoch < 0:
+            raise ValueError(f"prune_start_epoch must be an int >= 0, got {self.start_epoch!r}")
+        if self.kind == "epochs" and (not self.epochs or any(
+                not isinstance(e, int) or e < 0 for e in self.epochs)):
+            raise ValueError(f"prune_schedule='epochs' needs prune_epochs, non-negative ints, "
+                             f"got {list(self.epochs)!r}")
+        if self.kind != "exchange":
+            if (self.n is None) == (self.fraction is None):
+                raise ValueError("pruning needs exactly one of prune_n and prune_fraction")
+        if self.n is not None and (not isinstance(self.n, int) or isinstance(self.n, bool)
+                                   or self.n < 1):
+            raise ValueError(f"prune_n must be an int >= 1, got {self.n!r}")
+        if self.fraction is not None and not (isinstance(self.fraction, (int, float))
+                                              and 0.0 < float(self.fraction) < 1.0):
+            raise ValueError(f"prune_fraction must be in (0, 1), got {self.fraction!r}")
+
+    @property
+    def exchange(self) -> bool:
+        return self.kind == "exchange"
+
+    def due(self, epoch: int) -> bool:
+        """Whether a (plain) pruning event is due at the start of ``epoch``."""
+        if self.kind == "interval":
+            return epoch >= self.start_epoch and (epoch - self.start_epoch) % self.interval == 0
+        if self.kind == "epochs":
+            return epoch in self.epochs
+        return False
+
+
 class GrowthCallback(pl.Callback):
     """Grow a :class:`GrowableModule`'s network on a :class:`GrowthSchedule`."""
 
@@ -119,6 +190,7 @@ class GrowthCallback(pl.Callback):
         site_criterion: str = DEFAULT_SITE_CRITERION,
         optimizer_seeding: str = "mean",
         new_filter_ramp_steps: int = 0,
+        prune: Optional["PruneSchedule"] = None,
     ):
         """
         Args:
@@ -150,6 +222,9 @@ class GrowthCallback(pl.Callback):
                 gradient), or ``"zero"``.
             new_filter_ramp_steps: Ramp the new weights' updates linearly from
                 0 to full over this many optimizer steps (0: no ramp).
+            prune: When and how to remove filters (:class:`PruneSchedule`;
+                None: never). Its ``exchange`` mode prunes, at every growth
+                event, as many filters as the event adds.
 
         Raises:
             ValueError: a bad option, before anything trains.
@@ -200,6 +275,12 @@ class GrowthCallback(pl.Callback):
         self.site_criterion = site_criterion
         self.optimizer_seeding = optimizer_seeding
         self.new_filter_ramp_steps = new_filter_ramp_steps
+        if prune is not None and prune.exchange and schedule.kind == "budget":
+            raise ValueError("prune_schedule='exchange' moves width, the budget schedule adds it: "
+                             "use exchange with the interval, plateau or progressive schedule")
+        self.prune = prune
+        self.prune_reports: List[PruneReport] = []
+        self._pruned_epochs: List[int] = []
         self.reports: List[GrowthReport] = []  # this process's, for inspection
         # Per grown parameter: [bool mask of the new entries, optimizer steps
         # since growth, epoch of growth] (LR scale and ramp apply to them).
@@ -217,9 +298,11 @@ class GrowthCallback(pl.Callback):
     def state_dict(self) -> Dict[str, Any]:
         return {"schedule": copy.deepcopy(self.schedule.state),
                 "last_validation": None if self._last_validation is None
-                else list(self._last_validation)}
+                else list(self._last_validation),
+                "pruned_epochs": list(self._pruned_epochs)}
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        self._pruned_epochs = list(state_dict.get("pruned_epochs", []))
         restored = copy.deepcopy(state_dict["schedule"])
         if "budget" not in restored and "budget" in self.schedule.state:
             restored["budget"] = self.schedule.state["budget"]
@@ -278,9 +361,14 @@ class GrowthCallback(pl.Callback):
             return
         self._checked_epoch = epoch
         sites = self.schedule.sites_for_epoch(epoch)
-        if sites:
+        prune_due = self.prune is not None and self.prune.due(epoch) and \
+            epoch not in self._pruned_epochs
+        if sites or prune_due:
             batches = [batch] + self.extra_batches(trainer, epoch)
-            self.grow(trainer, pl_module, batches, sites, epoch)
+            if prune_due:
+                self.prune_now(trainer, pl_module, batches, epoch)
+            if sites:
+                self.grow(trainer, pl_module, batches, sites, epoch)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         # After this epoch's growth, so the curve shows the size trained at.
@@ -388,6 +476,11 @@ class GrowthCallback(pl.Callback):
         n_new: Any = budgets
         if auto is not None and self.schedule.kind == "budget":
             n_new = self._auto_budget(net, auto, budgets)
+        if self.prune is not None and self.prune.exchange:
+            # Exchange: first remove as many filters as this event adds, where
+            # they matter least; then grow where the scores say.
+            adds = sum(budgets.values()) if auto is None else auto * self.n_new
+            self.prune_now(trainer, pl_module, batches, epoch, total=adds)
         reports = grow(net, list(budgets), self.method, batches, pl_module.growth_loss,
                        n_new=n_new, generator=generator, reduce_fn=reduce_fn,
                        fan_out_init=self.fan_out_init, auto_sites=auto,
@@ -437,7 +530,75 @@ class GrowthCallback(pl.Callback):
             return n if self.max_width is None else max(1, min(n, budgets[score.site]))
         return count
 
-    def _after_growth(self, trainer: Optional[pl.Trainer], changes, epoch: int) -> None:
+    def prune_now(self, trainer: Optional[pl.Trainer], pl_module, batches: Sequence[Any],
+                  epoch: int, total: Optional[int] = None) -> List[PruneReport]:
+        """Remove filters as the prune schedule says and bring the training state up to date.
+
+        Args:
+            trainer: The running trainer, or None.
+            pl_module: A :class:`GrowableModule`.
+            batches: Scoring batches (``taylor`` scores on them).
+            epoch: The current epoch.
+            total: Exchange mode: remove this many filters in all, the
+                lowest-scoring ones over the prune sites (else: per site,
+                ``n`` or ``fraction`` of its width).
+
+        Returns:
+            The prune reports (empty when no site can lose a filter).
+        """
+        p = self.prune
+        net = pl_module.growable_net()
+        reduce_fn = None if trainer is None else (
+            lambda t: trainer.strategy.reduce(t, reduce_op="mean"))
+        sites = [as_site(s) for s in p.sites] if p.sites is not None else net.growth_sites()
+        size = net.get_network_size()
+        if total is None:
+            removals = {}
+            for site in sites:
+                width = width_of(size, site)
+                n = p.n if p.n is not None else max(1, int(round(p.fraction * width)))
+                n = min(n, width - p.min_width)
+                if n > 0:
+                    removals[site] = n
+        else:
+            scores = score_filters(net, sites, p.criterion, batches, pl_module.growth_loss,
+                                   reduce_fn)
+            room = {site: width_of(size, site) - p.min_width for site in sites}
+            ranked = sorted(((float(v), k, site) for site in sites
+                             for k, v in enumerate(scores[site])), key=lambda t: t[0])
+            picked: Dict[Site, List[int]] = {}
+            for _, k, site in ranked:
+                if sum(map(len, picked.values())) == total:
+                    break
+                if len(picked.get(site, [])) < room[site]:
+                    picked.setdefault(site, []).append(k)
+            removals = picked
+        if epoch not in self._pruned_epochs:
+            self._pruned_epochs.append(epoch)
+        if not removals:
+            return []
+        reports = prune(net, removals, p.criterion, batches, pl_module.growth_loss,
+                        reduce_fn=reduce_fn, min_width=p.min_width)
+        changes = [ch for r in reports for ch in r.changes]
+        self._after_growth(trainer, changes, epoch, new_entries=False)
+        for r in reports:
+            r.changes = []
+        self.prune_reports.extend(reports)
+        lines = [f"[epoch {epoch}] {r}" for r in reports]
+        lines.append(f"[epoch {epoch}] network: {reports[-1].params_after:,} parameters "
+                     f"(-{reports[0].params_before - reports[-1].params_after:,})")
+        for line in lines:
+            pl_module.print(line) if trainer is not None else print(line)
+        if trainer is not None:
+            pl_module.log_dict({
+                "prune/events": float(len(self._pruned_epochs)),
+                "prune/filters_removed": float(sum(len(r.removed) for r in reports)),
+                "prune/params": float(reports[-1].params_after),
+            }, on_step=False, on_epoch=True, sync_dist=True)
+        return reports
+
+    def _after_growth(self, trainer: Optional[pl.Trainer], changes, epoch: int,
+                      new_entries: bool = True) -> None:
         """Bring optimizer, DDP wrapper and compiled graphs up to date."""
         if trainer is not None:
             if self.reset_optimizer:
@@ -454,7 +615,14 @@ class GrowthCallback(pl.Callback):
                 # identically, and rank 0's parameters are broadcast.
                 strategy.model = strategy.lightning_module
                 strategy.configure_ddp()
-        if self.new_filter_lr_scale != 1.0 or self.new_filter_ramp_steps:
+        if not new_entries:
+            # Pruning: masks of recently added entries follow the kept ones.
+            for ch in changes:
+                rec = self._new.pop(ch.old, None)
+                if rec is not None:
+                    kept = ch.carry(rec[0].to(ch.new.dtype), ch.new.new_zeros(())) > 0.5
+                    self._new[ch.new] = [kept, rec[1], rec[2]]
+        elif self.new_filter_lr_scale != 1.0 or self.new_filter_ramp_steps:
             for ch in changes:
                 # A weight can change twice in one event (a conv2 gets an
                 # input column from its conv1, then output rows): carry the

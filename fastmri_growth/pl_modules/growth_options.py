@@ -22,11 +22,21 @@ from fastmri_growth.growth.schedule import SCHEDULES, GrowthSchedule, parse_prog
 from fastmri_growth.growth.scoring import DEFAULT_SITE_CRITERION, SITE_CRITERIA
 from fastmri_growth.growth.sites import Site, parse_sites
 
-from .growth_callback import GrowthCallback
+from fastmri_growth.growth.pruning import PRUNE_CRITERIA
+
+from .growth_callback import GrowthCallback, PruneSchedule
 
 
 def optional_int(text: str) -> Optional[int]:
     return None if str(text).lower() in ("none", "") else int(text)
+
+
+def optional_float(text: str) -> Optional[float]:
+    return None if str(text).lower() in ("none", "") else float(text)
+
+
+def optional_str(text: str) -> Optional[str]:
+    return None if str(text).lower() in ("none", "") else str(text)
 
 
 @dataclass(frozen=True)
@@ -103,6 +113,23 @@ GROWTH_FLAGS = (
                "this chans", type=optional_int),
     GrowthFlag("target_params", None, "budget schedule: grow to this many parameters",
                type=optional_int),
+    GrowthFlag("prune_schedule", None, "When to remove filters: interval (every "
+               "--prune-interval epochs from --prune-start-epoch), epochs (--prune-epochs), or "
+               "exchange (at every growth event, as many filters as it adds: the width moves to "
+               "where it is needed); default: never", type=optional_str,
+               choices=lambda: [None, "interval", "epochs", "exchange"]),
+    GrowthFlag("prune_interval", 1, "prune schedule interval: every N epochs", type=int),
+    GrowthFlag("prune_start_epoch", 1, "prune schedule interval: first pruning epoch", type=int),
+    GrowthFlag("prune_epochs", None, "prune schedule epochs, e.g. '3,6,9'", type=str),
+    GrowthFlag("prune_n", None, "Filters removed per prune site per event", type=optional_int),
+    GrowthFlag("prune_fraction", None, "Or this fraction of each prune site's width, in (0, 1)",
+               type=optional_float),
+    GrowthFlag("prune_criterion", "magnitude", "Which filters go first: magnitude (smallest "
+               "fan-out norm) or taylor (smallest first-order loss change of the removal)",
+               choices=lambda: list(PRUNE_CRITERIA)),
+    GrowthFlag("prune_sites", None, "Sites that may lose filters (as --layers-to-grow); "
+               "default: all", type=str, nargs="+"),
+    GrowthFlag("min_width", 1, "No conv goes below this many filters when pruning", type=int),
 )
 
 #: Defaults of every growth option: the module-level ones, then the methods'.
@@ -208,6 +235,29 @@ def build_growth_callback(
         target_chans=o["target_chans"], target_params=o["target_params"],
     )
     method_options = {name: o[name] for name in all_options()}
+    prune = None
+    prune_flags = ("prune_n", "prune_fraction", "prune_epochs", "prune_sites")
+    if o["prune_schedule"] is None:
+        given = [f for f in prune_flags if o[f] is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} need a prune_schedule (interval, epochs or "
+                             "exchange)")
+    else:
+        epochs = o["prune_epochs"]
+        if isinstance(epochs, str):
+            try:
+                epochs = [int(e) for e in epochs.replace(",", " ").split()]
+            except ValueError:
+                raise ValueError(f"prune_epochs must be epochs like '3,6,9', got "
+                                 f"{o['prune_epochs']!r}") from None
+        prune = PruneSchedule(
+            kind=o["prune_schedule"], interval=o["prune_interval"],
+            start_epoch=o["prune_start_epoch"], epochs=tuple(epochs or ()), n=o["prune_n"],
+            fraction=o["prune_fraction"], criterion=o["prune_criterion"],
+            sites=None if o["prune_sites"] is None else parse_sites(
+                o["prune_sites"], all_sites, what="prune_sites"),
+            min_width=o["min_width"],
+        )
     return callback_class(
         schedule, method=o["growth_method"], method_options=method_options, n_new=o["n_new"],
         max_width=o["max_width"], new_filter_lr_scale=o["new_filter_lr_scale"],
@@ -215,4 +265,5 @@ def build_growth_callback(
         growth_batches=o["growth_batches"], fan_out_init=o["fan_out_init"],
         auto_sites=auto_sites, site_criterion=o["site_criterion"],
         optimizer_seeding=o["optimizer_seeding"], new_filter_ramp_steps=o["new_filter_ramp_steps"],
+        prune=prune,
     )

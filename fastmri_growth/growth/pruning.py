@@ -1,0 +1,272 @@
+"""Pruning: remove output filters where they are not needed.
+
+Removing filter ``j`` of a site conv removes its output channel and its
+input slice ``V_jc`` in every consumer ``c`` (the same consumer map as
+growth: skips, pooled encoder convs, transposed convs); the optimizer state
+follows the same index map (:func:`~.optim.remap_optimizer_state`). Removing
+a filter whose fan-out is zero is exact: nothing read it.
+
+Criteria (one function each, in :data:`PRUNE_CRITERIA`; the lowest scores
+are removed):
+
+* ``magnitude``: the norm of the filter's fan-out over all consumers, the
+  classic "low-magnitude filter". Its fan-in norm is no measure at all here:
+  InstanceNorm divides it out. Fan-out magnitude ignores how active the
+  channel is, and is not comparable across sites.
+* ``taylor``: the first-order change of the loss when the filter is removed,
+  ``dL_j = -sum_c <dL/dV_jc, V_jc>`` (setting its fan-out to zero), from one
+  statistics pass over the given batches; the filters whose removal raises
+  the loss least (or lowers it) go first. It is a loss change, so it is
+  comparable across sites.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from .engine import mean_loss
+from .net import SiteSpec
+from .sites import Conv, Site, as_site, conv_name, width_key
+from .statistics import LossFn, ReduceFn, collect
+from .surgery import ParamChange, remove_output_channels
+
+
+def _fan_out_rows(spec: SiteSpec) -> List[torch.Tensor]:
+    """Per consumer, its input slices of the site's filters, filter first `(C, ...)`."""
+    out = []
+    for c in spec.consumers:
+        w = c.module.weight.detach().movedim(c.in_dim, 0)
+        out.append(w[c.channel_offset:c.channel_offset + spec.width])
+    return out
+
+
+def magnitude_scores(spec: SiteSpec, stats=None) -> torch.Tensor:
+    """Norm of each filter's fan-out over all consumers, `(C,)`."""
+    total = sum(r.flatten(1).double().pow(2).sum(dim=1) for r in _fan_out_rows(spec))
+    return total.sqrt()
+
+
+def taylor_scores(spec: SiteSpec, stats) -> torch.Tensor:
+    """First-order loss change of removing each filter, `(C,)` (from consumer gradients)."""
+    total = torch.zeros(spec.width, dtype=torch.float64)
+    for c, grad in zip(spec.consumers, stats.consumer_grads):
+        g = grad.movedim(c.in_dim, 0)[c.channel_offset:c.channel_offset + spec.width]
+        v = c.module.weight.detach().movedim(c.in_dim, 0)[c.channel_offset:c.channel_offset + spec.width]
+        total = total - (g.double() * v.double()).flatten(1).sum(dim=1).cpu()
+    return total
+
+
+#: criterion name -> (score function, needs batches).
+PRUNE_CRITERIA: Dict[str, tuple] = {
+    "magnitude": (magnitude_scores, False),
+    "taylor": (taylor_scores, True),
+}
+
+
+def check_criterion(name: Any) -> str:
+    """Raise ValueError unless ``name`` is a pruning criterion."""
+    if not isinstance(name, str) or name not in PRUNE_CRITERIA:
+        raise ValueError(f"Unknown pruning criterion {name!r}; valid: {', '.join(PRUNE_CRITERIA)}")
+    return name
+
+
+@dataclass
+class PruneReport:
+    """What one pruning step at one site did.
+
+    Attributes:
+        layer_idx: Pruned layer id.
+        conv_idx: 0, 1 or ``"t"``.
+        criterion: ``"magnitude"`` or ``"taylor"``.
+        removed: The removed filters' indices (before removal), lowest score first.
+        scores: Every filter's score before removal.
+        size_before: ``get_network_size()`` before.
+        size_after: ``get_network_size()`` after.
+        params_before: Parameter count before.
+        params_after: Parameter count after.
+        seconds: Wall time.
+        loss_before: Mean loss on the batches before (NaN without batches).
+        loss_after: Mean loss on the batches after (NaN without batches).
+        net: The sub-network of a composite backbone.
+        changes: The parameter replacements (for the optimizer update).
+    """
+
+    layer_idx: str
+    conv_idx: Conv
+    criterion: str
+    removed: List[int]
+    scores: List[float]
+    size_before: Dict[str, Any]
+    size_after: Dict[str, Any]
+    params_before: int
+    params_after: int
+    seconds: float
+    loss_before: float = float("nan")
+    loss_after: float = float("nan")
+    net: str = ""
+    changes: List[ParamChange] = field(default_factory=list, repr=False, compare=False)
+
+    @property
+    def site_id(self) -> Site:
+        return Site(self.layer_idx, self.conv_idx, self.net)
+
+    @property
+    def site(self) -> str:
+        return self.site_id.label
+
+    def _width(self, size) -> int:
+        node = size
+        if self.net:
+            for part in self.net.split("/"):
+                node = node[part]
+        return node[self.layer_idx][width_key(self.conv_idx)]
+
+    def __str__(self) -> str:
+        what = "filter" if len(self.removed) == 1 else "filters"
+        vals = ", ".join(f"{self.scores[i]:.4g}" for i in self.removed)
+        line = (f"Pruning {self.site}: removed {what} {self.removed} ({self.criterion} {vals}), "
+                f"{self._width(self.size_before)} -> {self._width(self.size_after)} filters")
+        if self.loss_after == self.loss_after:
+            line += f" (loss {self.loss_before:.4g} -> {self.loss_after:.4g})"
+        return line
+
+
+def _num_params(net: nn.Module) -> int:
+    return sum(p.numel() for p in net.parameters())
+
+
+def score_filters(
+    net: nn.Module,
+    sites: Sequence[Union[Site, tuple, str]],
+    criterion: str = "magnitude",
+    batches: Optional[Iterable[Any]] = None,
+    loss_fn: Optional[LossFn] = None,
+    reduce_fn: Optional[ReduceFn] = None,
+) -> Dict[Site, torch.Tensor]:
+    """Every filter's pruning score at ``sites`` (one statistics pass for ``taylor``).
+
+    Returns:
+        ``{site: scores (C,)}``, float64 on the CPU; lower means "remove first".
+    """
+    check_criterion(criterion)
+    score_fn, needs_batches = PRUNE_CRITERIA[criterion]
+    specs = [net.site_spec(as_site(s)) for s in sites]
+    stats = None
+    if needs_batches:
+        if batches is None or loss_fn is None:
+            raise ValueError(f"criterion {criterion!r} needs batches and a loss")
+        stats = collect(net, specs, list(batches), loss_fn,
+                        want_consumer_grads=[s.site for s in specs], reduce_fn=reduce_fn)
+    return {spec.site: score_fn(spec, stats.sites[spec.site] if stats else None).double().cpu()
+            for spec in specs}
+
+
+def prune(
+    net: nn.Module,
+    removals: Dict[Union[Site, tuple, str], Union[int, Sequence[int]]],
+    criterion: str = "magnitude",
+    batches: Optional[Iterable[Any]] = None,
+    loss_fn: Optional[LossFn] = None,
+    reduce_fn: Optional[ReduceFn] = None,
+    min_width: int = 1,
+    measure_loss: bool = True,
+) -> List[PruneReport]:
+    """Remove the lowest-scoring filters at one or more sites, in one event.
+
+    Args:
+        net: A GrowableNet.
+        removals: ``{site: number of filters to remove}``, or ``{site: [filter
+            indices]}`` to remove exactly those (chosen from
+            :func:`score_filters`, say).
+        criterion: A :data:`PRUNE_CRITERIA` name.
+        batches: Batches for ``loss_fn`` (``taylor`` needs them; with them the
+            report gives the loss before and after).
+        loss_fn: ``loss_fn(batch) -> scalar``.
+        reduce_fn: Mean over DDP ranks (every rank removes the same filters).
+        min_width: No conv goes below this many filters.
+        measure_loss: Measure the loss after removal (one forward per batch).
+
+    Returns:
+        One :class:`PruneReport` per site, in the order given.
+
+    Raises:
+        ValueError: bad arguments (every check runs before anything changes).
+    """
+    start = time.perf_counter()
+    check_criterion(criterion)
+    score_fn, needs_batches = PRUNE_CRITERIA[criterion]
+    if not isinstance(min_width, int) or isinstance(min_width, bool) or min_width < 1:
+        raise ValueError(f"min_width must be an int >= 1, got {min_width!r}")
+    items = [(as_site(s), n) for s, n in removals.items()]
+    if not items:
+        raise ValueError("prune needs at least one site")
+    specs = [net.site_spec(s) for s, _ in items]
+    for (site, n), spec in zip(items, specs):
+        if isinstance(n, (list, tuple)):
+            bad = [i for i in n if not isinstance(i, int) or not 0 <= i < spec.width]
+            if bad or len(set(n)) != len(n) or not n:
+                raise ValueError(f"filters to remove at {site.label} must be distinct indices in "
+                                 f"[0, {spec.width - 1}], got {list(n)!r}")
+            n = len(n)
+        elif not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise ValueError(f"n_remove must be an int >= 1, got {n!r} for {site.label}")
+        if spec.width - n < min_width:
+            raise ValueError(
+                f"removing {n} of the {spec.width} filters of {site.label} would leave "
+                f"{spec.width - n}, below the minimum width {min_width}; remove at most "
+                f"{max(spec.width - min_width, 0)}"
+            )
+    if batches is not None:
+        batches = list(batches)
+        if not batches:
+            raise ValueError("prune got an empty list of batches")
+        if loss_fn is None:
+            raise ValueError("prune with batches needs loss_fn(batch) -> loss")
+    elif needs_batches and not all(isinstance(n, (list, tuple)) for _, n in items):
+        raise ValueError(f"criterion {criterion!r} needs batches (and a loss) to compute the "
+                         "loss gradients; pass batch_data and target_data")
+
+    stats = None
+    loss_before = float("nan")
+    if batches is not None:
+        stats = collect(net, specs, batches, loss_fn,
+                        want_consumer_grads=[s.site for s in specs] if needs_batches else (),
+                        reduce_fn=reduce_fn)
+        loss_before = stats.loss
+    choices = []
+    for (site, n), spec in zip(items, specs):
+        if stats is None and needs_batches:  # explicit indices, no batches: no scores
+            choices.append((site, list(n), [float("nan")] * spec.width))
+            continue
+        scores = score_fn(spec, stats.sites[site] if stats is not None else None).double()
+        if not torch.isfinite(scores).all():
+            raise RuntimeError(f"Pruning aborted: non-finite {criterion} scores at {site.label}; "
+                               "the model is unchanged")
+        if isinstance(n, (list, tuple)):
+            chosen = list(n)
+        else:
+            chosen = torch.argsort(scores, stable=True)[:n].tolist()
+        choices.append((site, sorted(chosen, key=lambda i: float(scores[i])), scores.tolist()))
+    shared = time.perf_counter() - start
+
+    reports = []
+    for site, removed, scores in choices:
+        t0 = time.perf_counter()
+        size_before, params_before = net.get_network_size(), _num_params(net)
+        changes = remove_output_channels(net.site_spec(site), removed)
+        net.sync_attributes()
+        reports.append(PruneReport(
+            layer_idx=site.layer, conv_idx=site.conv, criterion=criterion, removed=removed,
+            scores=scores, size_before=size_before, size_after=net.get_network_size(),
+            params_before=params_before, params_after=_num_params(net),
+            seconds=shared / len(choices) + time.perf_counter() - t0, loss_before=loss_before,
+            net=site.net, changes=changes))
+    if batches is not None and measure_loss:
+        after = mean_loss(net, batches, loss_fn, reduce_fn)
+        for r in reports:
+            r.loss_after = after
+    return reports
