@@ -230,6 +230,13 @@ def evaluate_folders(
             raise EvaluationError(
                 f"reconstruction {tgt_file.name} is complex; save magnitude images"
             )
+        if not np.all(np.isfinite(recon)):
+            bad = int(np.size(recon) - np.count_nonzero(np.isfinite(recon)))
+            raise EvaluationError(
+                f"reconstruction {Path(predictions_path) / tgt_file.name} holds {bad} NaN or "
+                "infinite value(s); its metrics would be meaningless: re-run the reconstruction "
+                "(a diverged network writes NaN)"
+            )
         target, recon = crop_for_evaluation(target, recon, tgt_file.name)
         per_volume[tgt_file.name] = volume_metrics(target, recon)
     filters = {"acceleration": acceleration, "acquisition": acquisition}

@@ -23,14 +23,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Union
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
 
 import torch
 from torch import nn
 
 from .engine import mean_loss
 from .net import SiteSpec
-from .sites import Conv, Site, as_site, conv_name, width_key
+from .sites import Conv, Site, as_site, width_key
 from .statistics import LossFn, ReduceFn, collect
 from .surgery import ParamChange, remove_output_channels
 

@@ -79,6 +79,19 @@ class Statistics:
     batches: int
 
 
+class NonFiniteLossError(RuntimeError):
+    """A scoring batch's loss is not finite (on this or another rank).
+
+    Attributes:
+        batch_index: Index of the first bad batch on this rank, or None when
+            only another rank saw one.
+    """
+
+    def __init__(self, message: str, batch_index: Optional[int] = None):
+        super().__init__(message)
+        self.batch_index = batch_index
+
+
 class Accumulator:
     """A per-batch statistic a growth method needs beyond the fan-out gradients.
 
@@ -229,7 +242,7 @@ def collect(
 
     Raises:
         ValueError: no batch was given.
-        RuntimeError: a loss was not finite (on any rank: every rank raises).
+        NonFiniteLossError: a loss was not finite (on any rank: every rank raises).
     """
     candidates = candidates or {}
     accumulators = accumulators or {}
@@ -349,9 +362,10 @@ def collect(
     if float(flat[0]) > 0:
         where = (f"the loss on scoring batch {first_bad[0]} is {first_bad[1]}"
                  if first_bad is not None else "the loss on another rank's scoring batch is not finite")
-        raise RuntimeError(
+        raise NonFiniteLossError(
             f"Growth aborted: {where}: the batch or the weights hold NaN or Inf (the data, "
-            "not growth); the model is unchanged"
+            "not growth); the model is unchanged",
+            None if first_bad is None else first_bad[0],
         )
     mean_loss = float(flat[1]) / n_batches
     out: Dict[Site, SiteStatistics] = {s.site: SiteStatistics(s.site) for s in specs}

@@ -218,6 +218,23 @@ class DynamicUnet(nn.Module):
         self._build(spec["widths"], spec["transpose_widths"])
         self.to(device=ref.device, dtype=ref.dtype)
 
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
+        """``nn.Module.load_state_dict``, with a hint when the widths differ.
+
+        A grown (or pruned) state dict does not fit a network of other widths:
+        :meth:`from_state_dict` builds one that does, and
+        :meth:`resize_from_state_dict` resizes this one first.
+        """
+        try:
+            return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        except RuntimeError as err:
+            if "size mismatch" not in str(err):
+                raise
+            raise RuntimeError(
+                f"{err}\n(The state dict holds a U-Net of other widths, e.g. a grown or pruned "
+                "one: build the network with DynamicUnet.from_state_dict(state_dict), or call "
+                "model.resize_from_state_dict(state_dict) before load_state_dict)") from None
+
     # ----------------------------------------------------------------- access
     @property
     def chans(self) -> int:

@@ -60,6 +60,7 @@ from fastmri_growth.growth.report import GrowthReport
 from fastmri_growth.growth.schedule import GrowthSchedule, budget_targets_for, width_of
 from fastmri_growth.growth.scoring import DEFAULT_SITE_CRITERION, site_value
 from fastmri_growth.growth.sites import Site, as_site
+from fastmri_growth.growth.statistics import NonFiniteLossError
 
 
 @runtime_checkable
@@ -75,6 +76,19 @@ class GrowableModule(Protocol):
 
     def growth_loss(self, batch: Any) -> torch.Tensor:
         """The scalar training loss on ``batch`` with the network as it is."""
+
+
+def _data_error(err: "NonFiniteLossError", batches: Sequence[Any], epoch: int) -> Exception:
+    """The scoring pass met a non-finite loss: name the data, not growth."""
+    from .finite_guard import NonFiniteError, describe_batch
+
+    where = ("another process's scoring batch" if err.batch_index is None
+             else describe_batch(batches[err.batch_index]))
+    return NonFiniteError(
+        f"non-finite loss on {where} at the start of epoch {epoch} (found by the growth "
+        "event's scoring pass, before any change to the network): the data hold NaN or Inf, "
+        "or the weights already diverged; fix or remove the file"
+    )
 
 
 def _isolated(dataset):
@@ -482,10 +496,13 @@ class GrowthCallback(pl.Callback):
             # they matter least; then grow where the scores say.
             adds = sum(budgets.values()) if auto is None else auto * self.n_new
             self.prune_now(trainer, pl_module, batches, epoch, total=adds)
-        reports = grow(net, list(budgets), self.method, batches, pl_module.growth_loss,
-                       n_new=n_new, generator=generator, reduce_fn=reduce_fn,
-                       fan_out_init=self.fan_out_init, auto_sites=auto,
-                       site_criterion=self.site_criterion)
+        try:
+            reports = grow(net, list(budgets), self.method, batches, pl_module.growth_loss,
+                           n_new=n_new, generator=generator, reduce_fn=reduce_fn,
+                           fan_out_init=self.fan_out_init, auto_sites=auto,
+                           site_criterion=self.site_criterion)
+        except NonFiniteLossError as err:
+            raise _data_error(err, batches, epoch) from None
         self.schedule.mark_grown(epoch)
         changes = [ch for r in reports for ch in r.changes]
         self._after_growth(trainer, changes, epoch)
@@ -562,8 +579,11 @@ class GrowthCallback(pl.Callback):
                 if n > 0:
                     removals[site] = n
         else:
-            scores = score_filters(net, sites, p.criterion, batches, pl_module.growth_loss,
-                                   reduce_fn)
+            try:
+                scores = score_filters(net, sites, p.criterion, batches, pl_module.growth_loss,
+                                       reduce_fn)
+            except NonFiniteLossError as err:
+                raise _data_error(err, batches, epoch) from None
             room = {site: width_of(size, site) - p.min_width for site in sites}
             ranked = sorted(((float(v), k, site) for site in sites
                              for k, v in enumerate(scores[site])), key=lambda t: t[0])
@@ -578,8 +598,11 @@ class GrowthCallback(pl.Callback):
             self._pruned_epochs.append(epoch)
         if not removals:
             return []
-        reports = prune(net, removals, p.criterion, batches, pl_module.growth_loss,
-                        reduce_fn=reduce_fn, min_width=p.min_width)
+        try:
+            reports = prune(net, removals, p.criterion, batches, pl_module.growth_loss,
+                            reduce_fn=reduce_fn, min_width=p.min_width)
+        except NonFiniteLossError as err:
+            raise _data_error(err, batches, epoch) from None
         changes = [ch for r in reports for ch in r.changes]
         self._after_growth(trainer, changes, epoch, new_entries=False)
         for r in reports:
