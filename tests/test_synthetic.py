@@ -4,6 +4,7 @@ Everything here reads the files with ``fastmri.data.SliceDataset`` and
 fastMRI's transforms, as a training run on the real data would.
 """
 
+import json
 import re
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from fastmri_growth.data.synthetic import (
     BRAIN_ACQUISITIONS,
     CHALLENGES,
     KNEE_ACQUISITIONS,
+    MANIFEST_NAME,
     SPLITS,
     DatasetExistsError,
     _coil_sensitivities,
@@ -80,7 +82,18 @@ def test_layout_and_file_names(synthetic_root):
             assert all(pattern.fullmatch(f) for f in files), files
             names += files
         assert len(set(names)) == len(names), f"names repeat across splits: {names}"
-    assert sorted(p.name for p in synthetic_root.iterdir()) == ["brain", "knee"]
+    # Beside the anatomy folders, only the generator's record of what it wrote.
+    assert sorted(p.name for p in synthetic_root.iterdir()) == [
+        "brain", MANIFEST_NAME, "knee"
+    ]
+    record = json.loads((synthetic_root / MANIFEST_NAME).read_text())
+    folders = {
+        str(d.relative_to(synthetic_root)): sorted(p.name for p in d.iterdir())
+        for d in synthetic_root.glob("*/*_*")
+    }
+    assert {k: sorted(v["files"]) for k, v in record["folders"].items()} == folders
+    assert all(v["complete"] and v["settings"]["phantom"] == "ellipses"
+               for v in record["folders"].values())
 
 
 @pytest.mark.parametrize("split", SPLITS)
