@@ -63,6 +63,7 @@ from fastmri_growth.data.fastmri_format import (  # noqa: F401 - re-exported
     UNDERSAMPLED_SPLITS,
 )
 from fastmri_growth.data.phantoms import PHANTOMS
+from fastmri_growth.data.phantoms.anatomy import MissingExtraError
 from fastmri_growth.data.synthetic_manifest import (
     MANIFEST_NAME,
     DatasetExistsError,
@@ -93,6 +94,7 @@ __all__ = [
     "SPLITS",
     "DatasetExistsError",
     "ForeignDataError",
+    "MissingExtraError",
     "generate_dataset",
     "main",
 ]
@@ -266,6 +268,11 @@ def generate_dataset(
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"out_dir {str(out_dir)!r} exists and is not a folder")
+    # The nearest existing ancestor must be a folder, or mkdir fails half-way.
+    existing = next((p for p in out_dir.parents if p.exists()), None)
+    if existing is not None and not out_dir.exists() and not existing.is_dir():
+        raise ValueError(f"out_dir {str(out_dir)!r} is inside {str(existing)!r}, which "
+                         "exists and is not a folder")
 
     plan = [
         (name, split, [
@@ -291,7 +298,7 @@ def generate_dataset(
     total = sum(len(metas) for _, _, metas in plan)
     if (found.existing or found.stale) and not overwrite:
         raise DatasetExistsError(
-            exists_message(found, total, "overwrite=True"), found.existing, found.stale
+            exists_message(found, total, "overwrite=True"), found.existing, found.stale, total
         )
 
     say = log or (lambda line: None)

@@ -36,12 +36,15 @@ class DatasetExistsError(FileExistsError):
         existing: Files this run would write that already exist.
         stale: Other files of an earlier run in the folders being written,
             which ``overwrite`` would remove.
+        total: How many files the run would write.
     """
 
-    def __init__(self, message: str, existing: Sequence[Path], stale: Sequence[Path] = ()):
+    def __init__(self, message: str, existing: Sequence[Path], stale: Sequence[Path] = (),
+                 total: int = 0):
         super().__init__(message)
         self.existing = list(existing)
         self.stale = list(stale)
+        self.total = total or len(self.existing)
 
 
 class ForeignDataError(ValueError):
@@ -148,11 +151,13 @@ def inspect(out_dir: Path, plans: Sequence[FolderPlan]) -> Inspection:
     if foreign:
         folders = sorted({str(p.parent) for p in foreign})
         where = folders[0] if len(folders) == 1 else f"{len(folders)} folders (first: {folders[0]})"
+        record_path = manifest_path(out_dir)
+        why = (f"not listed in its record {record_path}" if record_path.exists()
+               else f"there is no record {record_path}")
         raise ForeignDataError(
             f"{where} hold{'s' if len(folders) == 1 else ''} {_count(foreign, 'entry')} that "
-            f"fastmri-growth-synth did not write (first: {foreign[0]}; its record is "
-            f"{manifest_path(out_dir)}); nothing was written: move them out or choose another "
-            "output folder",
+            f"fastmri-growth-synth did not write (first: {foreign[0]}; {why}); nothing was "
+            "written: move those out or choose another output folder",
             foreign,
         )
     return found
@@ -160,19 +165,18 @@ def inspect(out_dir: Path, plans: Sequence[FolderPlan]) -> Inspection:
 
 def exists_message(found: Inspection, total: int, option: str) -> str:
     """The refusal when earlier files are in the way, naming ``option`` as the way out."""
-    parts = []
     if found.existing:
-        parts.append(
-            f"{len(found.existing)} of the {total} files to write already exist "
-            f"(first: {found.existing[0]})"
-        )
-    if found.stale:
-        parts.append(
-            f"{_count(found.stale, 'other file')} of an earlier run, which these settings do "
-            f"not write, share their folders (first: {found.stale[0]})"
-        )
-    removal = " (the earlier files these settings do not write are removed)" if found.stale else ""
-    return f"{'; '.join(parts)}; nothing was written. Pass {option} to replace them{removal}"
+        body = (f"{len(found.existing)} of the {total} files to write already exist "
+                f"(first: {found.existing[0]})")
+        if found.stale:
+            body += (f", and their folders hold {_count(found.stale, 'other file')} of an "
+                     f"earlier run (first: {found.stale[0]})")
+        action = "replace them" + (" and remove the others" if found.stale else "")
+    else:
+        body = (f"the folders to write hold {_count(found.stale, 'file')} of an earlier run "
+                f"that these settings do not write (first: {found.stale[0]})")
+        action = "remove them and write the new set"
+    return f"{body}; nothing was written. Pass {option} to {action}"
 
 
 def record_folders(out_dir: Path, record: Dict, plans: Sequence[FolderPlan],
