@@ -79,6 +79,9 @@ class Source:
         orientations: The slice orientations it is sampled in.
         weight: Probability of a volume drawing it.
         weighting: ``"T1"`` or ``"T2*"``: the tissue order of its intensities.
+        noisy_background: Whether the image holds noise around the head,
+            which is then faded out (else, where the source volume ends
+            inside the field of view, the noise would stop at a straight edge).
     """
 
     name: str
@@ -87,6 +90,7 @@ class Source:
     orientations: Tuple[str, ...]
     weight: float
     weighting: str
+    noisy_background: bool = False
 
 
 SOURCES: Dict[str, Source] = {
@@ -97,7 +101,7 @@ SOURCES: Dict[str, Source] = {
         Source("dipy_t1_coronal", "dipy", "data/files/t1_coronal_slice.npy",
                ("coronal",), 0.15, "T1"),
         Source("nibabel_example4d", "nibabel", "tests/data/example4d.nii.gz",
-               ("axial",), 0.25, "T2*"),
+               ("axial",), 0.25, "T2*", noisy_background=True),
     )
 }
 # nibabel reads the NIfTI files; the other two packages only ship images.
@@ -190,6 +194,11 @@ def load_source(name: str) -> LoadedSource:
         zooms = tuple(float(z) for z in image.header.get_zooms()[:3])
     data = np.clip(np.nan_to_num(data), 0.0, None)
     obj = data > 0.1 * np.percentile(data[data > 0], 99.0)
+    if SOURCES[name].noisy_background:
+        from scipy.ndimage import binary_dilation, binary_fill_holes, gaussian_filter
+
+        head = binary_dilation(binary_fill_holes(obj), iterations=2)
+        data = data * gaussian_filter(head.astype(np.float32), 1.0)
     scale = float(np.percentile(data[obj], 98))
     data = data / scale
     levels = tuple(float(q) for q in np.percentile(data[obj], _QUANTILES))
