@@ -252,3 +252,15 @@ def test_anatomy_without_its_packages_is_a_one_line_error(tmp_path, monkeypatch,
     with pytest.raises(anatomy.MissingExtraError, match="no_such_template.*does not ship"):
         generate_dataset(tmp_path / "out", recon_size=R, phantom="anatomy")
     assert not (tmp_path / "out").exists()
+
+
+def test_preview_draws_a_row_per_phantom(tmp_path, capsys):
+    from matplotlib import image as mpimg
+
+    from fastmri_growth.cli.synth import main
+
+    out = tmp_path / "docs" / "phantoms.png"
+    assert main(["--preview", str(out), "--recon-size", "32"]) == 0
+    assert capsys.readouterr().out.strip() == str(out)
+    height, width = mpimg.imread(out).shape[:2]
+    assert (height, width) == (int(2.3 * 3 * 72), int(1.9 * 6 * 72))  # 3 rows, 6 columns

@@ -65,7 +65,7 @@ def render_preview(out, recon_size: int = 128, seed: int = 0,
             rows.append((phantom, row))
 
     ncol = max(len(row) for _, row in rows)
-    fig, axes = plt.subplots(len(rows), ncol, figsize=(1.9 * ncol, 2.1 * len(rows)),
+    fig, axes = plt.subplots(len(rows), ncol, figsize=(1.9 * ncol, 2.3 * len(rows)),
                              squeeze=False)
     for r, (phantom, row) in enumerate(rows):
         for c in range(ncol):
@@ -85,6 +85,6 @@ def render_preview(out, recon_size: int = 128, seed: int = 0,
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=80)
+    fig.savefig(out, dpi=72)
     plt.close(fig)
     return out
