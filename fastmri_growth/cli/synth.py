@@ -114,8 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--recon-size", "--recon_size", dest="recon_size",
                         type=_arg(lambda t: _check_recon_size(_parse_int(t, "--recon-size"))),
                         default=d["recon_size"],
-                        help="side of the square target; k-space has twice as "
-                             "many rows (default: %(default)s)")
+                        help="side of the square target, even; k-space has twice as "
+                             "many rows; at least 32 for textured and anatomy "
+                             "(default: %(default)s)")
     parser.add_argument("--num-coils", "--num_coils", dest="num_coils",
                         type=_arg(_parse_num_coils), default=d["num_coils"],
                         metavar="N|MIN-MAX",

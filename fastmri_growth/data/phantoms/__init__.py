@@ -48,7 +48,7 @@ def check_phantom(phantom, recon_size: int) -> str:
     if recon_size < low:
         raise ValueError(
             f"recon_size {recon_size} is too small for phantom {phantom!r}: it needs at "
-            f"least {low} (its structures are a few pixels across inside a body)"
+            f"least {low}"
         )
     if phantom == "anatomy":
         _module("anatomy").check_available()

@@ -21,7 +21,12 @@ intensities then go through a contrast curve chosen by the acquisition
 (T1, T2, FLAIR, PD, fat-suppressed PD), defined at the source's own tissue
 levels and jittered per volume. The result is resampled to the requested
 matrix with trilinear interpolation, supersampled and averaged where a
-pixel spans several source voxels.
+pixel spans several source voxels. Knee folders get the same brains, with
+the PD contrasts of their knee acquisitions.
+
+nibabel's ``tests/data/anatomical.nii`` (33x41x25 at 2 mm, a crop of the
+central brain) is not used: stretched to a full matrix it is a blur with the
+crop's edges in view.
 """
 from __future__ import annotations
 
