@@ -26,7 +26,13 @@ setup(
         "tensorboard",
         "matplotlib",
     ],
-    extras_require={"test": ["pytest>=7"]},
+    extras_require={
+        # --phantom anatomy reads brain images these wheels ship: nilearn's
+        # MNI152 template, dipy's T1 slice, nibabel's example EPI (nibabel
+        # also reads the NIfTI files).
+        "anatomy": ["nibabel>=4", "nilearn>=0.10", "dipy>=1.7"],
+        "test": ["pytest>=7", "nibabel>=4", "nilearn>=0.10", "dipy>=1.7"],
+    },
     entry_points={
         "console_scripts": [
             "fastmri-growth-train=fastmri_growth.cli.train:main",

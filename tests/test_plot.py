@@ -130,6 +130,40 @@ def test_grid_uses_the_reconstruction_mask(synthetic_root, tmp_path):
     assert _png_shape(out) == (1160, 1120)  # 4 rows x 4 columns
 
 
+def test_grid_error_column_is_as_large_as_the_others_with_a_labelled_colour_bar(
+        synthetic_root, tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    val = synthetic_root / "knee" / "singlecoil_val"
+    reconstruct(torch.nn.Identity(), val, "singlecoil", fixed_mask_func("random", 4),
+                tmp_path / "rec", progress=False)
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    plot.plot_grid(tmp_path / "rec", val, "singlecoil", tmp_path / "g.png", num_slices=2)
+    (fig,) = figures
+    fig.canvas.draw()
+    images = [ax for ax in fig.axes if ax.get_images() and ax.get_title()]
+    bars = [ax for ax in fig.axes if ax not in images]
+    assert len(images) == 2 * 4 and len(bars) == 1
+    # Every image panel, the error column included, is drawn at one size.
+    sizes = {tuple(np.round(ax.get_window_extent().size, 1)) for ax in images}
+    assert len(sizes) == 1, sizes
+    assert [ax.get_title() for ax in images[3::4]] == ["|error|", "|error|"]
+    # The colour bar sits to the right of the error column and says what it shows.
+    (bar,) = bars
+    assert bar.get_window_extent().x0 > max(ax.get_window_extent().x1 for ax in images)
+    assert bar.get_ylabel() == plot.ERROR_LABEL and "%" in bar.get_ylabel()
+    # The error panel shows |reconstruction - target| in percent of the row's max.
+    rows, _ = plot.grid_rows(tmp_path / "rec", val, "singlecoil", num_slices=2)
+    shown = images[3].get_images()[0].get_array()
+    expected = 100 * np.abs(rows[0].reconstruction - rows[0].target) / rows[0].vmax
+    np.testing.assert_allclose(np.asarray(shown), expected, rtol=1e-5, atol=1e-6)
+    assert images[3].get_images()[0].get_clim() == (
+        0.0, pytest.approx(100 * max(np.abs(r.reconstruction - r.target).max() / r.vmax
+                                     for r in rows)))
+    fig.clf()
+
+
 def test_grid_of_test_files_has_two_columns(synthetic_root, tmp_path, capsys):
     test_split = synthetic_root / "brain" / "multicoil_test"
     reconstruct(torch.nn.Identity(), test_split, "multicoil", None, tmp_path / "sub",

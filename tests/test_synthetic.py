@@ -4,6 +4,7 @@ Everything here reads the files with ``fastmri.data.SliceDataset`` and
 fastMRI's transforms, as a training run on the real data would.
 """
 
+import json
 import re
 import subprocess
 import sys
@@ -23,8 +24,10 @@ from fastmri_growth.data.synthetic import (
     BRAIN_ACQUISITIONS,
     CHALLENGES,
     KNEE_ACQUISITIONS,
+    MANIFEST_NAME,
     SPLITS,
     DatasetExistsError,
+    ForeignDataError,
     _coil_sensitivities,
 )
 from fastmri_growth.cli.synth import main
@@ -80,7 +83,18 @@ def test_layout_and_file_names(synthetic_root):
             assert all(pattern.fullmatch(f) for f in files), files
             names += files
         assert len(set(names)) == len(names), f"names repeat across splits: {names}"
-    assert sorted(p.name for p in synthetic_root.iterdir()) == ["brain", "knee"]
+    # Beside the anatomy folders, only the generator's record of what it wrote.
+    assert sorted(p.name for p in synthetic_root.iterdir()) == [
+        "brain", MANIFEST_NAME, "knee"
+    ]
+    record = json.loads((synthetic_root / MANIFEST_NAME).read_text())
+    folders = {
+        str(d.relative_to(synthetic_root)): sorted(p.name for p in d.iterdir())
+        for d in synthetic_root.glob("*/*_*")
+    }
+    assert {k: sorted(v["files"]) for k, v in record["folders"].items()} == folders
+    assert all(v["complete"] and v["settings"]["phantom"] == "ellipses"
+               for v in record["folders"].values())
 
 
 @pytest.mark.parametrize("split", SPLITS)
@@ -396,6 +410,15 @@ def test_refuses_to_overwrite_and_writes_nothing(tmp_path):
         ({"num_slices": 0}, "num_slices must be a positive integer, got 0"),
         ({"seed": -1}, "seed must be a non-negative integer, got -1"),
         ({"num_coils": (5, 2)}, "1 <= min <= max, got (5, 2)"),
+        (
+            {"phantom": "noise"},
+            "unknown phantom 'noise'; valid phantoms: ellipses, textured, anatomy",
+        ),
+        (
+            {"phantom": "textured", "recon_size": 16},
+            "recon_size 16 is too small for phantom 'textured': it needs at least 32",
+        ),
+        ({"phantom": "anatomy", "recon_size": 30}, "needs at least 32"),
     ],
 )
 def test_bad_arguments_raise_clear_errors(tmp_path, kwargs, message):
@@ -425,6 +448,8 @@ def _cli(*args):
         (["--num-volumes", "tset=2"], ["'tset'", "train, val, test, challenge"]),
         (["--num-volumes", "val=2", "--splits", "train"], ["'val'", "not being generated"]),
         (["--num-coils", "8-4"], ["--num-coils", "(8, 4)"]),
+        (["--phantom", "noise"], ["--phantom", "'noise'", "ellipses", "textured", "anatomy"]),
+        (["--phantom", "textured", "--recon-size", "16"], ["16", "'textured'", "at least 32"]),
     ],
 )
 def test_cli_rejects_bad_input_with_one_line(tmp_path, args, expected):
@@ -459,3 +484,101 @@ def test_cli_writes_summary_and_refuses_to_overwrite(tmp_path, capsys):
     assert main([*args, "--overwrite"]) == 0
     assert "replaced 2 existing files" in capsys.readouterr().out
     assert sorted(tmp_path.glob("brain/multicoil_*/*")) == files
+
+
+# ---------------------------------------------------------------------------
+# Re-runs: never a mixed folder, never someone else's files
+# ---------------------------------------------------------------------------
+
+TINY = dict(challenges=("knee_singlecoil",), splits=("train",), recon_size=32)
+
+
+def _names(folder):
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_overwrite_with_fewer_volumes_leaves_no_stale_files(tmp_path, capsys):
+    train = tmp_path / "knee" / "singlecoil_train"
+    generate_dataset(tmp_path, num_volumes=6, num_slices=3, **TINY)
+    generate_dataset(tmp_path, challenges=("brain_multicoil",), splits=("val",), num_volumes=1,
+                     num_slices=2, recon_size=32)
+    brain_val = tmp_path / "brain" / "multicoil_val"
+    kept = {p: p.read_bytes() for p in brain_val.iterdir()}
+
+    # Without overwrite: refused, naming the earlier files, and nothing changes.
+    before = {p: p.read_bytes() for p in train.iterdir()}
+    with pytest.raises(DatasetExistsError, match="overwrite=True") as info:
+        generate_dataset(tmp_path, num_volumes=2, num_slices=2, **TINY)
+    assert len(info.value.existing) == 2 and len(info.value.stale) == 4
+    assert "4 other files of an earlier run" in str(info.value)
+    assert {p: p.read_bytes() for p in train.iterdir()} == before
+
+    written = generate_dataset(tmp_path, num_volumes=2, num_slices=2, overwrite=True,
+                               log=print, **TINY)
+    assert _names(train) == sorted(p.name for p in written) == ["file1000000.h5",
+                                                                 "file1000001.h5"]
+    out = capsys.readouterr().out
+    assert "removed 4 files of the earlier run" in out
+    dataset = SliceDataset(train, "singlecoil")
+    assert len(dataset) == 2 * 2  # no 3-slice volume left behind
+    # Another folder, not written by this run, keeps its files and its record.
+    assert {p: p.read_bytes() for p in brain_val.iterdir()} == kept
+    record = json.loads((tmp_path / MANIFEST_NAME).read_text())["folders"]
+    assert record["knee/singlecoil_train"]["files"] == _names(train)
+    assert record["knee/singlecoil_train"]["settings"]["num_slices"] == 2
+    assert record["brain/multicoil_val"]["files"] == _names(brain_val)
+
+
+def test_other_files_in_a_folder_are_never_touched(tmp_path):
+    train = tmp_path / "knee" / "singlecoil_train"
+    generate_dataset(tmp_path, num_volumes=1, num_slices=2, **TINY)
+    (train / "notes.txt").write_text("mine")
+    before = {p: p.read_bytes() for p in train.iterdir()}
+    for overwrite in (False, True):
+        with pytest.raises(ForeignDataError, match="did not write") as info:
+            generate_dataset(tmp_path, num_volumes=2, num_slices=2, overwrite=overwrite,
+                             phantom="textured", **TINY)
+        assert info.value.entries == [train / "notes.txt"]
+        assert "notes.txt" in str(info.value) and "nothing was written" in str(info.value)
+        assert {p: p.read_bytes() for p in train.iterdir()} == before
+
+    # Files of the same names that the record does not list (real data, or a
+    # set made before the record existed) are not replaced either.
+    (train / "notes.txt").unlink()
+    (tmp_path / MANIFEST_NAME).unlink()
+    with pytest.raises(ForeignDataError, match="there is no record"):
+        generate_dataset(tmp_path, num_volumes=1, num_slices=2, overwrite=True, **TINY)
+    assert {p: p.read_bytes() for p in train.iterdir()} == {
+        k: v for k, v in before.items() if k.name != "notes.txt"}
+
+
+def test_interrupted_run_leftovers_are_cleaned_and_bad_records_refused(tmp_path):
+    train = tmp_path / "knee" / "singlecoil_train"
+    generate_dataset(tmp_path, num_volumes=1, num_slices=2, **TINY)
+    (train / ".file1000000.h5.partial").write_bytes(b"half")
+    generate_dataset(tmp_path, num_volumes=1, num_slices=2, overwrite=True, **TINY)
+    assert _names(train) == ["file1000000.h5"]
+
+    (tmp_path / MANIFEST_NAME).write_text("{not json")
+    with pytest.raises(ValueError, match="is not a fastmri-growth-synth record"):
+        generate_dataset(tmp_path, num_volumes=1, num_slices=2, overwrite=True, **TINY)
+    (tmp_path / MANIFEST_NAME).unlink()
+    (tmp_path / "brain").write_text("a file where a folder goes")
+    with pytest.raises(ValueError, match="exists and is not a folder"):
+        generate_dataset(tmp_path / "brain" / "x", **TINY)
+    with pytest.raises(ValueError, match="brain exists and is not a folder"):
+        generate_dataset(tmp_path, challenges=("brain_multicoil",), splits=("val",),
+                         recon_size=32)
+
+
+def test_cli_refuses_a_folder_of_other_data_with_one_line(tmp_path):
+    train = tmp_path / "knee" / "singlecoil_train"
+    train.mkdir(parents=True)
+    (train / "file1000000.h5").write_bytes(b"real scanner data")
+    result = _cli("--out", tmp_path, "--recon-size", "32", "--splits", "train", "--overwrite")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr
+    assert "file1000000.h5" in lines[0] and "did not write" in lines[0]
+    assert (train / "file1000000.h5").read_bytes() == b"real scanner data"
+    assert not (tmp_path / MANIFEST_NAME).exists()

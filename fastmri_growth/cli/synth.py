@@ -1,11 +1,13 @@
 """``fastmri-growth-synth``: write a synthetic dataset in fastMRI's format.
 
-See :func:`fastmri_growth.data.synthetic.generate_dataset` for what is written.
+See :func:`fastmri_growth.data.synthetic.generate_dataset` for what is written
+and :mod:`fastmri_growth.data.phantoms` for what the images show.
 
 Command line::
 
-    fastmri-growth-synth --out DIR \\
+    fastmri-growth-synth --out DIR --phantom textured \\
         --challenges knee_singlecoil --num-volumes train=8,val=2,test=2,challenge=2
+    fastmri-growth-synth --preview docs/phantoms.png   # one picture of every phantom
 """
 from __future__ import annotations
 
@@ -18,14 +20,17 @@ from fastmri_growth.cli.common import OneLineParser
 from fastmri_growth.data.synthetic import (
     _DEFAULTS,
     CHALLENGES,
+    PHANTOMS,
     SPLITS,
     DatasetExistsError,
+    MissingExtraError,
     _check_num_coils,
     _check_positive_int,
     _check_recon_size,
     _check_seed,
     generate_dataset,
 )
+from fastmri_growth.data.synthetic_manifest import Inspection, exists_message
 
 
 def _arg(check):
@@ -80,8 +85,16 @@ def build_parser() -> argparse.ArgumentParser:
             "unpatched fastmri.data.SliceDataset."
         ),
     )
-    parser.add_argument("--out", required=True, type=Path, metavar="DIR",
-                        help="root folder of the dataset")
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--out", type=Path, metavar="DIR", help="root folder of the dataset")
+    target.add_argument("--preview", type=Path, metavar="PNG",
+                        help="instead of a dataset, draw example targets of every phantom "
+                             "(a row each) into this PNG, at --recon-size and --seed")
+    parser.add_argument("--phantom", choices=PHANTOMS, default=d["phantom"],
+                        help="what the images show: ellipses (smooth knee/head phantoms), "
+                             "textured (detail down to single pixels) or anatomy (real brain "
+                             "MRI from images shipped with nilearn, dipy and nibabel; needs "
+                             "pip install fastmri-growth[anatomy]) (default: %(default)s)")
     parser.add_argument("--challenges", nargs="+", choices=CHALLENGES,
                         default=list(d["challenges"]), metavar="CHALLENGE",
                         help=f"any of {', '.join(CHALLENGES)} "
@@ -101,8 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--recon-size", "--recon_size", dest="recon_size",
                         type=_arg(lambda t: _check_recon_size(_parse_int(t, "--recon-size"))),
                         default=d["recon_size"],
-                        help="side of the square target; k-space has twice as "
-                             "many rows (default: %(default)s)")
+                        help="side of the square target, even; k-space has twice as "
+                             "many rows; at least 32 for textured and anatomy "
+                             "(default: %(default)s)")
     parser.add_argument("--num-coils", "--num_coils", dest="num_coils",
                         type=_arg(_parse_num_coils), default=d["num_coils"],
                         metavar="N|MIN-MAX",
@@ -111,7 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=_arg(lambda t: _check_seed(_parse_int(t, "--seed"))),
                         default=d["seed"], help="random seed (default: %(default)s)")
     parser.add_argument("--overwrite", action="store_true",
-                        help="replace existing files (default: refuse and write nothing)")
+                        help="replace the files of an earlier run in the folders written, and "
+                             "remove those the new settings do not write (default: refuse and "
+                             "write nothing); files it did not write are never touched")
     return parser
 
 
@@ -120,6 +136,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if args.preview is not None:
+            from fastmri_growth.data.preview import render_preview
+
+            print(render_preview(args.preview, recon_size=args.recon_size, seed=args.seed))
+            return 0
         generate_dataset(
             args.out,
             challenges=args.challenges,
@@ -130,15 +151,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             seed=args.seed,
             overwrite=args.overwrite,
             num_coils=args.num_coils,
+            phantom=args.phantom,
             log=print,
         )
     except DatasetExistsError as err:
-        parser.error(
-            f"{len(err.existing)} files to write already exist (first: "
-            f"{err.existing[0]}); nothing was written. Pass --overwrite to replace them."
-        )
-    except ValueError as err:
-        parser.error(str(err))
+        found = Inspection(existing=err.existing, stale=err.stale)
+        parser.error(exists_message(found, err.total, "--overwrite"))
+    except (ValueError, MissingExtraError) as err:
+        parser.error(" ".join(str(err).split()))
+    except OSError as err:
+        parser.error(f"{err}; check the path")
     return 0
 
 

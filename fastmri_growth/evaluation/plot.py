@@ -311,6 +311,12 @@ def _pick_slices(num_slices_per_volume: Sequence[int], total: int) -> List[Tuple
     return picks
 
 
+#: The grid's colour bar label: the error column's unit.
+ERROR_LABEL = "|reconstruction - target|, % of the volume's max"
+# Width of the grid's colour-bar column, relative to an image column.
+_COLORBAR_WIDTH = 0.08
+
+
 @dataclass
 class GridRow:
     """One slice of the grid; images are ``(H, W)`` float32 on the target's scale.
@@ -460,11 +466,13 @@ def plot_grid(
     """Draw input, reconstruction, target and |error| for a few slices.
 
     One row per slice (see ``grid_rows``). All images of a row share the
-    display range ``[0, vmax]``; the error column uses one range relative
-    to ``vmax`` for every row. The input and reconstruction titles give the
-    slice's SSIM and PSNR against the target (data range ``vmax``, as in
-    evaluation). Without targets (test files) only the input and
-    reconstruction columns are drawn.
+    display range ``[0, vmax]``. The error column shows
+    ``|reconstruction - target|`` in percent of the row's ``vmax``, on one
+    range for every row, read off a labelled colour bar in a column of its
+    own, so that every image panel has the same size. The input and
+    reconstruction titles give the slice's SSIM and PSNR against the target
+    (data range ``vmax``, as in evaluation). Without targets (test files)
+    only the input and reconstruction columns are drawn.
 
     Args:
         reconstructions: Folder of reconstruction files.
@@ -495,16 +503,21 @@ def plot_grid(
         err_scale = err_scale or 1.0
 
     plt = _pyplot()
-    fig, axes = plt.subplots(len(rows), ncol, figsize=(2.8 * ncol, 2.9 * len(rows)), squeeze=False)
+    fig = plt.figure(figsize=(2.8 * ncol, 2.9 * len(rows)))
+    # The colour bar gets a narrow column of its own instead of taking its
+    # width from the error panels.
+    widths = [1.0] * ncol + ([_COLORBAR_WIDTH] if has_target else [])
+    grid = fig.add_gridspec(len(rows), len(widths), width_ratios=widths)
+    error_image = None
     for i, row in enumerate(rows):
         panels = [("input", row.input), ("reconstruction", row.reconstruction)]
         if has_target:
             panels += [("target", row.target), ("|error|", np.abs(row.reconstruction - row.target))]
         for c, (label, img) in enumerate(panels):
-            ax = axes[i, c]
+            ax = fig.add_subplot(grid[i, c])
             if label == "|error|":
-                im = ax.imshow(img, cmap="magma", vmin=0, vmax=err_scale * row.vmax)
-                fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
+                scale = 100.0 / row.vmax if row.vmax > 0 else 0.0
+                error_image = ax.imshow(img * scale, cmap="magma", vmin=0, vmax=100.0 * err_scale)
             else:
                 ax.imshow(img, cmap="gray", vmin=0, vmax=row.vmax)
             title = label
@@ -519,6 +532,11 @@ def plot_grid(
             ax.set_title(title, fontsize=8)
             ax.set_xticks([])
             ax.set_yticks([])
+    if error_image is not None:
+        cax = fig.add_subplot(grid[:, ncol])
+        bar = fig.colorbar(error_image, cax=cax)
+        bar.set_label(ERROR_LABEL, fontsize=8)
+        bar.ax.tick_params(labelsize=7)
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
