@@ -208,8 +208,8 @@ class DynamicVarNet(nn.Module):
         unets = self.unets()
         if net not in unets:
             raise ValueError(
-                f"Unknown network {net!r}; valid networks of this VarNet "
-                f"({self.num_cascades} cascades): {', '.join(unets)}"
+                f"Unknown network {net!r}; valid networks: {', '.join(unets)} (this VarNet has "
+                f"{self.num_cascades} cascade{'s' if self.num_cascades > 1 else ''})"
             )
         return unets[net]
 
