@@ -787,3 +787,39 @@ def test_ddp_growth_keeps_two_ranks_identical(multicoil_root, tmp_path):
     assert list(states[0]) == list(states[1])
     for key in states[0]:
         assert torch.equal(states[0][key], states[1][key]), key
+
+
+# --------------------------------------------------- 7. README, benchmark
+def test_readme_varnet_example_runs(capsys):
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    (block,) = [b for b in re.findall(r"```python\n(.*?)```", text, re.S)
+                if b.startswith("# example: varnet\n")]
+    exec(compile(block, "README.md (varnet example)", "exec"), {"__name__": "readme_varnet"})
+    lines = capsys.readouterr().out.splitlines()
+    assert re.fullmatch(r"Growing sens/down_0 conv2: Selected candidates \[\d+, \d+\] "
+                        r"\(score \S+, \S+\), 4 -> 6 filters", lines[0]), lines
+    for k in (0, 1):
+        assert re.fullmatch(rf"Growing cascade_{k}/bottleneck conv1: Selected candidates "
+                            r"\[\d+, \d+\] \(score \S+, \S+\), 24 -> 26 filters", lines[1 + k])
+    assert float(lines[3]) < 1e-6
+    assert lines[4] == "{'conv1_out': 26, 'conv2_out': 24}"
+
+
+def test_varnet_benchmark_runs_at_a_tiny_size(tmp_path):
+    from benchmarks import varnet as bench
+
+    res = bench.run(tmp_path, bench.TINY)
+    rows = res["cost"]["rows"]
+    assert [r["sites"] for r in rows] == [["cascade_0/down_0:1"], ["cascade_0/bottleneck:0"],
+                                          ["sens/down_0:1"], ["cascade_0/bottleneck:0"]]
+    assert all(r["growth_step"]["median_s"] > 0 and r["train_step"]["median_s"] > 0 for r in rows)
+    assert res["cost"]["scoring"]["float32_rel_error"] < 1e-4
+    runs = {r["config"]: r for r in res["quality"]["runs"]}
+    assert set(runs) == set(bench.CONFIGS)
+    assert runs["grown"]["final_params"] > runs["fixed_small"]["final_params"]
+    assert runs["grown"]["growth_flops"] > 0 == runs["fixed_small"]["growth_flops"]
+    assert runs["fixed_large"]["final_bottleneck"] == 2 * runs["fixed_small"]["final_bottleneck"]
+    for r in runs.values():
+        assert sorted(r["metrics"]) == [4, 8] and 0 < r["metrics"][4]["SSIM"] < 1
+    table = bench.tables(res)
+    assert "| growing VarNet from chans 2 |" in table and "growing - fixed chans 2" in table
