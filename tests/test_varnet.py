@@ -13,7 +13,6 @@ cascades, pools 1-2, chans 2-4, 32x32 images, 2-3 coils).
 
 import copy
 import inspect
-import math
 import re
 import subprocess
 import sys
@@ -30,11 +29,13 @@ from fastmri.data.transforms import apply_mask
 from fastmri.models import VarNet
 
 from fastmri_growth.growth import (
+    FAN_OUT_INITS,
     METHODS,
     Site,
     brute_force_scores_at,
     grow,
     parse_sites,
+    remove_output_channels,
     score_candidates_at,
 )
 from fastmri_growth.models import DynamicUnet, DynamicVarNet, varnet_architecture_from_state_dict
@@ -243,6 +244,37 @@ def test_growth_at_every_site_keeps_the_varnet_output(method):
     loss = ssim_loss_for(net)(batch)
     loss.backward()
     assert all(p.grad is not None for p in net.parameters())
+
+
+@pytest.mark.parametrize("fan_out_init", sorted(FAN_OUT_INITS))
+def test_every_fan_out_init_runs_on_the_varnet(fan_out_init):
+    net = tiny()
+    batch = make_batch()
+    ref = out(net, batch)
+    sites = parse_sites(["cascade_*/bottleneck:1", "sens/up_0:0"], net.growth_sites())
+    reports = grow(net, sites, "sample_select", [batch], ssim_loss_for(net), n_new=2,
+                   generator=torch.Generator().manual_seed(0), fan_out_init=fan_out_init)
+    assert [r.site for r in reports] == ["sens/up_0 conv1", "cascade_0/bottleneck conv2",
+                                         "cascade_1/bottleneck conv2"]
+    assert all(r.fan_out_init == fan_out_init for r in reports)
+    if fan_out_init == "zero":
+        assert rel_max_change(out(net, batch), ref) < 1e-12
+
+
+def test_removing_channels_at_a_cascade_site_keeps_the_network_consistent():
+    # Pruning's surgery, on the VarNet's declared consumers.
+    net = tiny()
+    batch = make_batch()
+    changes = remove_output_channels(net.site_spec("cascade_0/down_0:1"), [0, 2])
+    net.sync_attributes()
+    assert {ch.module for ch in changes} >= {net.cascades[0].model.unet.down_sample_layers[1].layers[0]}
+    size = net.get_network_size()
+    assert size["cascade_0"]["down_0"] == {"conv1_out": 3, "conv2_out": 1}
+    assert size["cascade_1"]["down_0"] == {"conv1_out": 3, "conv2_out": 3}
+    assert out(net, batch).shape == (2, 32, 28)
+    rebuilt = DynamicVarNet.from_state_dict(net.state_dict()).eval()
+    assert rebuilt.get_network_size() == size
+    assert torch.equal(out(rebuilt, batch), out(net, batch))
 
 
 def test_sample_select_report_names_the_network():
