@@ -14,6 +14,9 @@ subprocess checks that):
   checkpoint with ``--model-type unet`` (training on two ddp processes,
   which split the data) and ``--model-type dynamic_unet``, and refuses
   ``--mode test`` without a checkpoint;
+- the patched ``train_varnet_demo.py`` grows a VarNet with
+  ``--model-type dynamic_varnet`` on multicoil data and tests the grown
+  checkpoint;
 - validation metrics equal a volume-wise reference built from
   ``fastmri.evaluate``, and the fixes of 0004 hold.
 """
@@ -47,6 +50,7 @@ PATCHES = (
     "0003-examples-unet-model-type-dynamic_unet.patch",
     "0004-fix-evaluate-printing-requests-import-data-module-flags.patch",
     "0005-v0.3.0-only-tests-numpy2-np-prod.patch",
+    "0006-examples-varnet-model-type-dynamic_varnet.patch",
 )
 
 # Files that differ between the 0.3.0 release and main (91f2df4): only a
@@ -160,15 +164,15 @@ def _tail(proc, chars=4000):
     return f"--- stdout ---\n{proc.stdout[-chars:]}\n--- stderr ---\n{proc.stderr[-chars:]}"
 
 
-def _demo(tree, workdir, *args):
-    """Run the patched train_unet_demo.py.
+def _demo(tree, workdir, *args, demo="unet/train_unet_demo.py"):
+    """Run the patched train_unet_demo.py (or ``demo``, e.g. the VarNet's).
 
     The working directory is ``workdir/a/b``: the demo writes its path config
     to ``../../fastmri_dirs.yaml``, which then lands in ``workdir``.
     """
     cwd = Path(workdir) / "a" / "b"
     cwd.mkdir(parents=True, exist_ok=True)
-    script = tree / "fastmri_examples" / "unet" / "train_unet_demo.py"
+    script = tree / "fastmri_examples" / demo
     return subprocess.run(
         [sys.executable, str(script), *args],
         cwd=cwd, env=_env(tree), capture_output=True, text=True,
@@ -238,6 +242,7 @@ def test_patches_apply_in_order_to_0_3_0(patched_tree):
         assert "Trainer.from_argparse_args(" not in text
         assert "use_distributed_sampler=False" in text
     assert "--model-type" in (patched_tree / "fastmri_examples/unet/train_unet_demo.py").read_text()
+    assert "dynamic_varnet" in (patched_tree / "fastmri_examples/varnet/train_varnet_demo.py").read_text()
     assert "np.product" not in (patched_tree / "tests/conftest.py").read_text()
     status = _git(patched_tree, "status", "--porcelain")
     assert "setup.cfg" not in status.stdout
@@ -398,6 +403,43 @@ def test_dynamic_unet_demo_grows_then_tests_the_grown_checkpoint(
     for name, slices in expected.items():
         with h5py.File(recon_dir / name, "r") as f:
             assert f["reconstruction"].shape == (slices, 64, 64)
+
+
+def test_varnet_demo_grows_a_dynamic_varnet_then_tests_the_grown_checkpoint(
+    patched_tree, synthetic_root, tmp_path
+):
+    root = tmp_path / "varnet_run"
+    data = ["--data_path", str(synthetic_root / "knee"), "--accelerator", "cpu",
+            "--num_workers", "0", "--use_dataset_cache_file", "false", "--devices", "1",
+            "--default_root_dir", str(root)]
+    # the demo's defaults: multicoil data, equispaced masks; growth at epoch 0
+    train = _demo(patched_tree, tmp_path, "--model-type", "dynamic_varnet", *data,
+                  "--num_cascades", "2", "--pools", "1", "--chans", "2", "--sens_pools", "1",
+                  "--sens_chans", "2", "--max_epochs", "1", "--limit_train_batches", "1",
+                  "--growth-start-epoch", "0", "--layers-to-grow", "cascade_*/bottleneck:0",
+                  "--n-candidates", "2", demo="varnet/train_varnet_demo.py")
+    assert train.returncode == 0, _tail(train)
+    assert _checkpoints(root) == ["epoch=0-step=1.ckpt"]
+    ckpt = torch.load(root / "checkpoints" / "epoch=0-step=1.ckpt",
+                      map_location="cpu", weights_only=False)
+    assert ckpt["hyper_parameters"]["num_cascades"] == 2
+    assert ckpt["hyper_parameters"]["lr"] == 0.001  # the demo's, not the module's 3e-4
+    state = ckpt["state_dict"]
+    for k in (0, 1):  # each cascade's bottleneck conv1 grew from 4 to 5 filters
+        assert state[f"varnet.cascades.{k}.model.unet.conv.layers.0.weight"].shape == (5, 2, 3, 3)
+        assert state[f"varnet.cascades.{k}.model.unet.conv.layers.4.weight"].shape == (4, 5, 3, 3)
+    assert state["varnet.sens_net.norm_unet.unet.conv.layers.0.weight"].shape == (4, 2, 3, 3)
+
+    test = _demo(patched_tree, tmp_path, "--model-type", "dynamic_varnet", "--mode", "test",
+                 *data, demo="varnet/train_varnet_demo.py")
+    assert test.returncode == 0, _tail(test)
+    expected = _num_slices(synthetic_root / "knee/multicoil_test")
+    recon_dir = root / "reconstructions"
+    assert sorted(p.name for p in recon_dir.glob("*.h5")) == sorted(expected)
+    for name, slices in expected.items():
+        with h5py.File(recon_dir / name, "r") as f:
+            assert f["reconstruction"].shape == (slices, 64, 64)
+            assert np.isfinite(f["reconstruction"][()]).all()
 
 
 def test_demo_test_mode_without_checkpoint_exits_2(patched_tree, synthetic_root, tmp_path):

@@ -47,21 +47,16 @@ def read_checkpoint(path: Path) -> Any:
 
 
 def stored_model_type(ckpt: Any) -> Optional[str]:
-    """``"dynamic_unet"`` or ``"unet"``: the module a checkpoint was written by.
+    """The ``--model-type`` whose module wrote a checkpoint.
 
-    Decided as :func:`fastmri_growth.pl_modules.load_module` decides it.
-    Returns None for a checkpoint that holds neither.
+    ``"dynamic_varnet"``, ``"dynamic_unet"``, ``"varnet"`` or ``"unet"``,
+    decided as :func:`fastmri_growth.pl_modules.load_module` decides it
+    (:func:`fastmri_growth.pl_modules.checkpoint_model_type`). Returns None
+    for a checkpoint that holds none of them.
     """
-    from fastmri_growth.pl_modules.dynamic_unet_module import CHECKPOINT_KEY
+    from fastmri_growth.pl_modules import checkpoint_model_type
 
-    if not isinstance(ckpt, dict):
-        return None
-    hparams = ckpt.get("hyper_parameters") or {}
-    if CHECKPOINT_KEY in ckpt or "growth_method" in hparams:
-        return "dynamic_unet"
-    if any(str(k).startswith("unet.") for k in ckpt.get("state_dict", {})):
-        return "unet"
-    return None
+    return checkpoint_model_type(ckpt)
 
 
 def checkpoint_callbacks(checkpoint_dir: Path) -> list:

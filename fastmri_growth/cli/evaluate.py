@@ -20,7 +20,8 @@ metric functions; unlike that script, printing does not crash.
     fastmri-growth-eval check-submission --predictions-path recons \\
         --data-path knee/singlecoil_test
 
-``leaderboard``: fixed-mask validation of a checkpoint at 4x and 8x::
+``leaderboard``: fixed-mask validation of a checkpoint at 4x and 8x (a U-Net
+reconstructs the zero-filled image, a VarNet the masked multicoil k-space)::
 
     fastmri-growth-eval leaderboard --checkpoint run/checkpoints/last.ckpt \\
         --data-path knee/singlecoil_val --challenge singlecoil --out lb
@@ -91,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("leaderboard", help="fixed-mask 4x/8x validation of a checkpoint",
                        formatter_class=HelpFormatter)
     p.add_argument("--checkpoint", type=Path, required=True,
-                   help="Lightning checkpoint of a UnetModule or DynamicUnetModule")
+                   help="Lightning checkpoint of a UnetModule, DynamicUnetModule, VarNetModule "
+                        "or DynamicVarNetModule (a VarNet needs --challenge multicoil)")
     p.add_argument(*flag("--data-path"), type=Path, required=True,
                    help="val split folder (or its root)")
     p.add_argument("--challenge", choices=CHALLENGES, required=True,
@@ -141,7 +143,8 @@ def _run_check_submission(args) -> int:
     return 0
 
 
-def _load_unet(checkpoint: Path):
+def _load_network(checkpoint: Path):
+    """The reconstruction network of a checkpoint: a module's ``.unet`` or ``.varnet``."""
     if not checkpoint.is_file():
         raise EvaluationError(f"checkpoint {checkpoint} does not exist; pass a .ckpt file")
     try:
@@ -152,14 +155,16 @@ def _load_unet(checkpoint: Path):
         module = load_module(checkpoint)
     except Exception as err:  # a corrupt or foreign file: one line, not a traceback
         raise EvaluationError(f"cannot load checkpoint {checkpoint}: {err}")
-    # .unet maps (N, 1, H, W); UnetModule.forward squeezes the channel axis.
-    unet = getattr(module, "unet", None)
-    if unet is None:
-        raise EvaluationError(
-            f"checkpoint {checkpoint} holds {type(module).__name__}, which has no .unet; "
-            "pass a U-Net checkpoint"
-        )
-    return unet
+    # .unet maps (N, 1, H, W) (UnetModule.forward squeezes the channel axis);
+    # .varnet maps masked multicoil k-space to (N, H, W).
+    for attr in ("varnet", "unet"):
+        network = getattr(module, attr, None)
+        if network is not None:
+            return network
+    raise EvaluationError(
+        f"checkpoint {checkpoint} holds {type(module).__name__}, which has no .unet or "
+        ".varnet; pass a U-Net or VarNet checkpoint"
+    )
 
 
 def _check_device(device: str) -> None:
@@ -182,10 +187,10 @@ def _run_leaderboard(args) -> int:
             "fractions; pass one --center-fractions value per acceleration"
         )
     _check_device(args.device)
-    unet = _load_unet(args.checkpoint)
+    network = _load_network(args.checkpoint)
     try:
         results = leaderboard_validation(
-            unet,
+            network,
             args.data_path,
             args.challenge,
             args.out,

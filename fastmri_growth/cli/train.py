@@ -1,12 +1,15 @@
-"""Train or test a (growing) U-Net on fastMRI data with pytorch-lightning 2.
+"""Train or test a (growing) U-Net or VarNet on fastMRI data with pytorch-lightning 2.
 
-The command line of fastMRI's ``fastmri_examples/unet/train_unet_demo.py``
-(its flags, its defaults where they still apply: seed 42, 50 epochs,
-deterministic; its run layout), ported to Lightning 2 (explicit Trainer
-flags: ``--accelerator``, ``--devices``, ``--strategy``, ... default to
-Lightning's ``auto``) and extended with ``--model-type {unet,dynamic_unet}``
-and the growth flags of
-:class:`fastmri_growth.pl_modules.DynamicUnetModule`::
+The command lines of fastMRI's ``fastmri_examples/unet/train_unet_demo.py``
+and ``fastmri_examples/varnet/train_varnet_demo.py`` (their flags, their
+defaults where they still apply: seed 42, 50 epochs, deterministic; the
+VarNet demo's 8 cascades, Adam at 1e-3, multicoil data, equispaced masks;
+their run layout), ported to Lightning 2 (explicit Trainer flags:
+``--accelerator``, ``--devices``, ``--strategy``, ... default to Lightning's
+``auto``) and extended with
+``--model-type {unet,dynamic_unet,varnet,dynamic_varnet}`` and the growth
+flags of :class:`fastmri_growth.pl_modules.DynamicUnetModule` /
+:class:`~fastmri_growth.pl_modules.DynamicVarNetModule`::
 
     fastmri-growth-train --data_path DATA/knee --challenge singlecoil \\
         --mask_type random --center_fractions 0.08 --accelerations 4 \\
@@ -14,6 +17,12 @@ and the growth flags of
         --default_root_dir runs/grow
     fastmri-growth-train --mode test --data_path DATA/knee \\
         --default_root_dir runs/grow
+    fastmri-growth-train --model-type dynamic_varnet --data_path DATA/knee \\
+        --num_cascades 2 --chans 4 --pools 2 --sens_chans 2 --sens_pools 2 \\
+        --layers-to-grow 'cascade_*/bottleneck' --default_root_dir runs/varnet
+
+The U-Nets read images (``UnetDataTransform``), the VarNets multicoil
+k-space (``VarNetDataTransform``, ``--challenge multicoil`` only).
 
 Run layout under ``--default_root_dir``:
 
@@ -54,6 +63,11 @@ from fastmri_growth.cli.common import (
 )
 from fastmri_growth.cli.dataset_cache import DATASET_CACHE_FILE, prune_dataset_cache
 from fastmri_growth.cli.train_checks import (  # noqa: F401  (re-exported: the CLI's API)
+    DEMO_DEFAULTS,
+    GROWING_MODEL_TYPES,
+    GROWING_VERSION,
+    KSPACE_MODEL_TYPES,
+    MODEL_TYPES,
     check_data,
     check_mask_args,
     check_sample_rates,
@@ -65,8 +79,12 @@ from fastmri_growth.cli.trainer_flags import add_trainer_args, trainer_flags
 from fastmri_growth.data.fastmri_format import DIRS_CONFIG, MASK_TYPES, synth_hint
 
 PROG = "fastmri-growth-train"
-MODEL_TYPES = ("unet", "dynamic_unet")
 DEFAULT_MODEL_TYPE = "dynamic_unet"
+MODEL_TYPE_HELP = (
+    "Network to train: unet (fastMRI's U-Net), dynamic_unet (the growing U-Net), varnet "
+    "(fastMRI's end-to-end VarNet, multicoil k-space) or dynamic_varnet (the VarNet whose "
+    "cascade and sensitivity U-Nets grow)"
+)
 
 
 # ---------------------------------------------------------------------------
@@ -78,8 +96,9 @@ def module_class(model_type: str) -> Type:
     """The LightningModule class trained by ``--model-type``.
 
     Args:
-        model_type: ``"unet"`` (fastMRI's UnetModule ported to Lightning 2) or
-            ``"dynamic_unet"`` (the growing U-Net).
+        model_type: ``"unet"`` / ``"varnet"`` (fastMRI's UnetModule /
+            VarNetModule ported to Lightning 2) or ``"dynamic_unet"`` /
+            ``"dynamic_varnet"`` (their growing versions).
     """
     if model_type == "unet":
         from fastmri_growth.pl_modules.lightning2 import UnetModule
@@ -89,9 +108,41 @@ def module_class(model_type: str) -> Type:
         from fastmri_growth.pl_modules import DynamicUnetModule
 
         return DynamicUnetModule
+    if model_type == "varnet":
+        from fastmri_growth.pl_modules.lightning2 import VarNetModule
+
+        return VarNetModule
+    if model_type == "dynamic_varnet":
+        from fastmri_growth.pl_modules import DynamicVarNetModule
+
+        return DynamicVarNetModule
     raise UsageError(
         f"unknown --model-type {model_type!r}; choose one of {', '.join(MODEL_TYPES)}"
     )
+
+
+def data_transforms(model_type: str, challenge: str, mask_func) -> tuple:
+    """The demo's train, val and test transforms for a model type.
+
+    Training masks are random per call (``use_seed=False``); validation
+    masks are seeded by file name (``use_seed=True``) so every epoch and every
+    run sees the same inputs; test data carry their own mask.
+
+    Returns:
+        ``(train, val, test)``: ``UnetDataTransform`` s for the U-Nets,
+        ``VarNetDataTransform`` s for the VarNets.
+    """
+    if model_type in KSPACE_MODEL_TYPES:
+        from fastmri.data.transforms import VarNetDataTransform
+
+        return (VarNetDataTransform(mask_func=mask_func, use_seed=False),
+                VarNetDataTransform(mask_func=mask_func, use_seed=True),
+                VarNetDataTransform())
+    from fastmri.data.transforms import UnetDataTransform
+
+    return (UnetDataTransform(challenge, mask_func=mask_func, use_seed=False),
+            UnetDataTransform(challenge, mask_func=mask_func, use_seed=True),
+            UnetDataTransform(challenge))
 
 
 def data_module_class() -> Type:
@@ -128,7 +179,7 @@ def _add_run_args(parser: argparse.ArgumentParser, model_type: str) -> None:
         dest="model_type",
         default=model_type,
         choices=MODEL_TYPES,
-        help="Network to train: fastMRI's fixed U-Net or the growing U-Net",
+        help=MODEL_TYPE_HELP,
     )
     group.add_argument("--seed", default=42, type=int, help="Random seed (pl.seed_everything)")
     group.add_argument(
@@ -198,6 +249,8 @@ def build_parser(model_type: str = DEFAULT_MODEL_TYPE) -> argparse.ArgumentParse
     # fastmri_dirs.yaml so that --help reads no file.
     base.set_defaults(test_path=None)
     base = module_class(model_type).add_model_specific_args(base)
+    # fastMRI's train_varnet_demo.py defaults (over its module's flags).
+    base.set_defaults(**DEMO_DEFAULTS[model_type])
     base = redeclare(
         base,
         (("--data_path",), dict(
@@ -214,8 +267,9 @@ def build_parser(model_type: str = DEFAULT_MODEL_TYPE) -> argparse.ArgumentParse
     parser = OneLineParser(
         prog=PROG,
         description=(
-            "Train or test a U-Net (fixed or growing) on fastMRI data with "
-            "pytorch-lightning 2, as fastMRI's train_unet_demo.py."
+            "Train or test a U-Net or an end-to-end VarNet (fixed or growing) on fastMRI "
+            "data with pytorch-lightning 2, as fastMRI's train_unet_demo.py and "
+            "train_varnet_demo.py."
         ),
         epilog=(
             "Data path: --data_path, else knee_path from ./fastmri_dirs.yaml. "
@@ -242,22 +296,37 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     known, _ = pre.parse_known_args(argv)
     model_type = known.model_type or DEFAULT_MODEL_TYPE
     parser = build_parser(model_type)
-    if model_type == "unet":
+    if model_type not in GROWING_MODEL_TYPES:
         growth = growth_options()
         for token in argv:
             if token == "--":
                 break
             option = token.split("=", 1)[0]
             if option in growth:
-                parser.error(f"growth flags need --model-type dynamic_unet (got {option})")
+                parser.error(
+                    f"growth flags need --model-type {GROWING_VERSION[model_type]} (got {option})")
     args = parser.parse_args(argv)
     # Test mode follows the checkpoint's model type unless one was asked for.
     args.model_type_given = known.model_type is not None
+    args.given_flags = given_flags(parser, argv)
     return args
 
 
+def given_flags(parser: argparse.ArgumentParser, argv: Sequence[str]) -> set:
+    """The destinations of the flags on the command line (not left at their defaults).
+
+    Parsed a second time into a namespace that already holds every
+    destination, so argparse fills in no default (abbreviations count too).
+    """
+    marker = object()
+    namespace = argparse.Namespace(**{
+        a.dest: marker for a in parser._actions if a.dest is not argparse.SUPPRESS})
+    parser.parse_args(argv, namespace=namespace)
+    return {dest for dest, value in vars(namespace).items() if value is not marker}
+
+
 def growth_options() -> List[str]:
-    """The option strings (both spellings) that only ``dynamic_unet`` has."""
+    """The option strings (both spellings) that only the growing model types have."""
     from fastmri_growth.pl_modules import DynamicUnetModule
 
     return DynamicUnetModule.growth_option_strings()
@@ -379,23 +448,19 @@ def cap_num_workers(requested: int, cpus: Optional[int] = None):
 
 
 def build_data_module(args: argparse.Namespace, distributed_sampler: bool):
-    """FastMriDataModule with the demo's transforms.
-
-    Training masks are random per call (``use_seed=False``); validation
-    masks are seeded by file name (``use_seed=True``) so every epoch and every
-    run sees the same inputs; test data carry their own mask.
-    """
+    """FastMriDataModule with the demo's transforms for the model type (see :func:`data_transforms`)."""
     from fastmri.data.subsample import create_mask_for_mask_type
-    from fastmri.data.transforms import UnetDataTransform
 
     mask = create_mask_for_mask_type(args.mask_type, args.center_fractions, args.accelerations)
+    train_transform, val_transform, test_transform = data_transforms(
+        args.model_type, args.challenge, mask)
     cls = data_module_class()
     return cls(
         data_path=args.data_path,
         challenge=args.challenge,
-        train_transform=UnetDataTransform(args.challenge, mask_func=mask, use_seed=False),
-        val_transform=UnetDataTransform(args.challenge, mask_func=mask, use_seed=True),
-        test_transform=UnetDataTransform(args.challenge),
+        train_transform=train_transform,
+        val_transform=val_transform,
+        test_transform=test_transform,
         combine_train_val=args.combine_train_val,
         test_split=args.test_split,
         test_path=args.test_path,

@@ -10,12 +10,60 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 from fastmri_growth.cli.checkpoints import newest_checkpoint, read_checkpoint, stored_model_type
 from fastmri_growth.cli.common import UsageError
 from fastmri_growth.data import fastmri_format
-from fastmri_growth.data.fastmri_format import DIRS_CONFIG, synth_hint
+from fastmri_growth.data.fastmri_format import DIRS_CONFIG, VARNET_DEMO_MASK_TYPE, synth_hint
+
+# ---------------------------------------------------------------------------
+# the model types behind --model-type
+# ---------------------------------------------------------------------------
+
+#: ``--model-type`` values: fastMRI's U-Net and VarNet, and their growing versions.
+MODEL_TYPES = ("unet", "dynamic_unet", "varnet", "dynamic_varnet")
+#: Each fixed model type and the growing one that takes the growth flags.
+GROWING_VERSION = {"unet": "dynamic_unet", "varnet": "dynamic_varnet"}
+#: The model types that grow (the growth flags exist only for them).
+GROWING_MODEL_TYPES = tuple(GROWING_VERSION.values())
+#: The model types that reconstruct from multicoil k-space (VarNetDataTransform).
+KSPACE_MODEL_TYPES = ("varnet", "dynamic_varnet")
+
+#: Defaults that a model type's demo sets over the flags' own: fastMRI's
+#: ``train_varnet_demo.py`` trains 8 cascades with Adam at lr 1e-3 on
+#: multicoil data under equispaced masks (its module's constructor says 12
+#: cascades and 3e-4). The U-Net types keep the flags' defaults, which are
+#: ``train_unet_demo.py``'s.
+_VARNET_DEMO = dict(
+    challenge="multicoil", mask_type=VARNET_DEMO_MASK_TYPE,
+    num_cascades=8, pools=4, chans=18, sens_pools=4, sens_chans=8,
+    lr=0.001, lr_step_size=40, lr_gamma=0.1, weight_decay=0.0,
+)
+DEMO_DEFAULTS: Dict[str, Dict[str, Any]] = {
+    "unet": {}, "dynamic_unet": {}, "varnet": _VARNET_DEMO, "dynamic_varnet": _VARNET_DEMO,
+}
+#: The data flags whose defaults depend on the model type, with the flags' own defaults.
+DATA_FLAG_DEFAULTS = {"challenge": "singlecoil", "mask_type": "random"}
+
+
+def model_type_data_defaults(model_type: str) -> Dict[str, Any]:
+    """``challenge`` and ``mask_type`` defaults of a model type (see :data:`DEMO_DEFAULTS`)."""
+    return {k: DEMO_DEFAULTS[model_type].get(k, v) for k, v in DATA_FLAG_DEFAULTS.items()}
+
+
+def check_model_challenge(args: argparse.Namespace) -> None:
+    """The VarNets reconstruct multicoil k-space only.
+
+    Raises:
+        UsageError: a k-space model type with ``--challenge singlecoil``.
+    """
+    if args.model_type in KSPACE_MODEL_TYPES and args.challenge != "multicoil":
+        raise UsageError(
+            f"--model-type {args.model_type} needs multicoil data, got --challenge "
+            f"{args.challenge}; pass --challenge multicoil (the VarNet estimates coil "
+            "sensitivities), or use --model-type unet or dynamic_unet for single-coil data"
+        )
 
 
 def _fastmri_dirs_value(key: str) -> Optional[Path]:
@@ -169,45 +217,69 @@ def check_data(args: argparse.Namespace) -> None:
         check_split_dir(folder, args.challenge, need_target, hint)
 
 
-#: The constructor arguments that fix a U-Net's architecture at the start of
-#: training (a growing U-Net widens its convs later, but from ``chans``).
+#: Per model type, the constructor arguments that fix the architecture at the
+#: start of training (a growing network widens its convs later, from these).
 ARCHITECTURE_ARGS = ("in_chans", "out_chans", "chans", "num_pool_layers")
+VARNET_ARCHITECTURE_ARGS = ("num_cascades", "pools", "chans", "sens_pools", "sens_chans")
+
+
+def architecture_args(model_type: Optional[str]) -> Tuple[str, ...]:
+    """:data:`ARCHITECTURE_ARGS` for the U-Nets, :data:`VARNET_ARCHITECTURE_ARGS` for the VarNets."""
+    return VARNET_ARCHITECTURE_ARGS if model_type in KSPACE_MODEL_TYPES else ARCHITECTURE_ARGS
 
 
 def stored_architecture(ckpt: Any) -> Dict[str, int]:
     """The architecture arguments a checkpoint's module was built with.
 
     Taken from the saved ``hyper_parameters``; any missing there are read
-    from the state dict's shapes (``chans`` only for a fixed U-Net, whose
-    first conv is ``chans`` wide).
+    from the state dict's shapes (the starting widths ``chans`` and
+    ``sens_chans`` only for a fixed network, whose first conv is that wide).
 
     Args:
         ckpt: A loaded Lightning checkpoint.
 
     Returns:
-        ``{name: value}`` for the names of :data:`ARCHITECTURE_ARGS` found.
+        ``{name: value}`` for the names of :func:`architecture_args` found.
     """
     if not isinstance(ckpt, dict):
         return {}
+    model_type = stored_model_type(ckpt)
+    names = architecture_args(model_type)
     hparams = ckpt.get("hyper_parameters") or {}
-    found = {k: int(hparams[k]) for k in ARCHITECTURE_ARGS if isinstance(hparams.get(k), int)}
-    if len(found) < len(ARCHITECTURE_ARGS):
-        from fastmri_growth.models import architecture_from_state_dict
-
+    found = {k: int(hparams[k]) for k in names if isinstance(hparams.get(k), int)}
+    if len(found) < len(names):
         state = ckpt.get("state_dict") or {}
-        try:
-            arch = architecture_from_state_dict(
-                {k: v for k, v in state.items() if str(k).startswith("unet.")}
-            )
-        except (ValueError, KeyError, TypeError, IndexError):
-            arch = None
-        if arch is not None:
-            for key in ("in_chans", "out_chans", "num_pool_layers"):
-                found.setdefault(key, int(arch[key]))
-            if stored_model_type(ckpt) == "unet":
-                first = state.get("unet.down_sample_layers.0.layers.0.weight")
-                if first is not None:
-                    found.setdefault("chans", int(first.shape[0]))
+        read = _varnet_shapes if model_type in KSPACE_MODEL_TYPES else _unet_shapes
+        for key, value in read(state, model_type).items():
+            found.setdefault(key, value)
+    return found
+
+
+def _unet_shapes(state: Dict[str, Any], model_type: Optional[str]) -> Dict[str, int]:
+    from fastmri_growth.models import architecture_from_state_dict
+
+    try:
+        arch = architecture_from_state_dict(
+            {k: v for k, v in state.items() if str(k).startswith("unet.")})
+    except (ValueError, KeyError, TypeError, IndexError):
+        return {}
+    found = {key: int(arch[key]) for key in ("in_chans", "out_chans", "num_pool_layers")}
+    first = state.get("unet.down_sample_layers.0.layers.0.weight")
+    if model_type == "unet" and first is not None:
+        found["chans"] = int(first.shape[0])
+    return found
+
+
+def _varnet_shapes(state: Dict[str, Any], model_type: Optional[str]) -> Dict[str, int]:
+    from fastmri_growth.models import varnet_architecture_from_state_dict
+
+    try:
+        arch = varnet_architecture_from_state_dict(state)
+    except (ValueError, KeyError, TypeError, IndexError):
+        return {}
+    found = {key: int(arch[key]) for key in ("num_cascades", "pools", "sens_pools")}
+    if model_type == "varnet":
+        found.update(chans=int(arch["chans"]), sens_chans=int(arch["sens_chans"]))
     return found
 
 
@@ -218,10 +290,10 @@ def check_architecture(args: argparse.Namespace, ckpt_path: Path, ckpt: Any) -> 
     state dict) with a traceback; this names the flags to pass instead.
 
     Raises:
-        UsageError: a flag of :data:`ARCHITECTURE_ARGS` differs from the checkpoint.
+        UsageError: a flag of :func:`architecture_args` differs from the checkpoint.
     """
     stored = stored_architecture(ckpt)
-    diff = [k for k in ARCHITECTURE_ARGS
+    diff = [k for k in architecture_args(args.model_type)
             if k in stored and getattr(args, k, stored[k]) != stored[k]]
     if diff:
         has = ", ".join(f"{k}={stored[k]}" for k in diff)
@@ -286,6 +358,34 @@ def check_growth_schedule(args: argparse.Namespace) -> None:
         )
 
 
+def adopt_checkpoint_model_type(args: argparse.Namespace) -> None:
+    """Test mode without ``--model-type``: take the model type of the checkpoint to test.
+
+    The checkpoint is the one :func:`resolve_checkpoint` will pick
+    (``--ckpt_path``, else the newest in the run folder). Its model type's
+    data defaults (``--challenge multicoil`` for a VarNet) replace those of
+    the default model type for the flags not given. Problems with the
+    checkpoint are left to :func:`resolve_checkpoint`, which reports them.
+    """
+    if args.mode != "test" or getattr(args, "model_type_given", True):
+        return
+    ckpt = Path(args.ckpt_path) if args.ckpt_path is not None else \
+        newest_checkpoint(args.default_root_dir / "checkpoints")
+    if ckpt is None or not ckpt.is_file():
+        return
+    try:
+        stored = stored_model_type(read_checkpoint(ckpt))
+    except UsageError:
+        return
+    if stored is None or stored == args.model_type:
+        return
+    given = getattr(args, "given_flags", set())
+    for name, value in model_type_data_defaults(stored).items():
+        if name not in given:
+            setattr(args, name, value)
+    args.model_type = stored
+
+
 def validate_args(args: argparse.Namespace) -> None:
     """Check the parsed arguments; fill path and checkpoint defaults.
 
@@ -298,6 +398,8 @@ def validate_args(args: argparse.Namespace) -> None:
     resolve_paths(args)
     check_mask_args(args)
     check_sample_rates(args)
+    adopt_checkpoint_model_type(args)
+    check_model_challenge(args)
     check_growth_schedule(args)
     check_data(args)
     args.ckpt_path = resolve_checkpoint(args)

@@ -30,6 +30,8 @@ SPLITS = ("train", "val", "test", "challenge")
 UNDERSAMPLED_SPLITS = ("test", "challenge")
 #: Every mask type ``fastmri.data.subsample.create_mask_for_mask_type`` builds.
 MASK_TYPES = ("random", "equispaced", "equispaced_fraction", "magic", "magic_fraction")
+#: The mask type fastMRI's ``train_varnet_demo.py`` trains its VarNet with.
+VARNET_DEMO_MASK_TYPE = "equispaced_fraction"
 KNEE_ACQUISITIONS = ("CORPD_FBK", "CORPDFS_FBK")
 BRAIN_ACQUISITIONS = ("AXT1", "AXT1PRE", "AXT1POST", "AXT2", "AXFLAIR")
 ACQUISITIONS = KNEE_ACQUISITIONS + BRAIN_ACQUISITIONS

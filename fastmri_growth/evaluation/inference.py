@@ -1,10 +1,19 @@
-"""Run an image-domain U-Net over a fastMRI split and write leaderboard files.
+"""Run a reconstruction network over a fastMRI split and write leaderboard files.
+
+Two kinds of network, read as fastMRI's training modules read them:
+
+- image networks (a U-Net): the normalised zero-filled image
+  ``(N, 1, H, W)`` from ``UnetDataTransform`` in, the normalised image out;
+- k-space networks (fastMRI's VarNet, :class:`~fastmri_growth.models.DynamicVarNet`):
+  masked multicoil k-space from ``VarNetDataTransform`` in, the
+  root-sum-of-squares image out, centre-cropped as ``VarNetModule.test_step``
+  crops it.
 
 Validation here follows the leaderboard protocol: every volume is
-under-sampled with a mask that depends only on its file name
-(``UnetDataTransform(..., use_seed=True)``), so two runs, or two models,
-see exactly the same inputs. Test and challenge files carry their own
-under-sampled k-space and mask; they are reconstructed as they are.
+under-sampled with a mask that depends only on its file name (both
+transforms with ``use_seed=True`` draw the same mask), so two runs, or two
+models, see exactly the same inputs. Test and challenge files carry their
+own under-sampled k-space and mask; they are reconstructed as they are.
 
 Output files use ``fastmri.save_reconstructions``: one HDF5 file per input
 volume, named like it, holding a single ``reconstruction`` dataset of shape
@@ -14,7 +23,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Union
 
 import h5py
 import numpy as np
@@ -155,6 +164,70 @@ class _Progress:
             self.bar.close()
 
 
+#: What a network reads: ``"image"`` (a U-Net) or ``"kspace"`` (a VarNet).
+MODEL_INPUTS = ("image", "kspace")
+
+
+def model_input(model: nn.Module) -> str:
+    """``"kspace"`` for fastMRI's VarNet and DynamicVarNet, ``"image"`` otherwise."""
+    from fastmri_growth.models import DynamicVarNet
+
+    if isinstance(model, DynamicVarNet):
+        return "kspace"
+    try:
+        from fastmri.models import VarNet
+    except ImportError:  # pragma: no cover - fastmri is a dependency
+        return "image"
+    return "kspace" if isinstance(model, VarNet) else "image"
+
+
+class _ImageReader:
+    """A U-Net on ``UnetDataTransform`` samples: normalised image in, image out."""
+
+    def transform(self, challenge: str, mask_func: Optional[Callable]):
+        from fastmri.data.transforms import UnetDataTransform
+
+        return UnetDataTransform(challenge, mask_func=mask_func, use_seed=True)
+
+    def run(self, model: nn.Module, batch: Any, device) -> np.ndarray:
+        """`(N, H, W)`: the network's output, unnormalised."""
+        image = batch.image.to(device).unsqueeze(1)
+        mean = batch.mean.to(device).view(-1, 1, 1)
+        std = batch.std.to(device).view(-1, 1, 1)
+        return (model(image).squeeze(1) * std + mean).cpu().numpy()
+
+
+class _KspaceReader:
+    """A VarNet on ``VarNetDataTransform`` samples: masked multicoil k-space in, image out."""
+
+    def transform(self, challenge: str, mask_func: Optional[Callable]):
+        from fastmri.data.transforms import VarNetDataTransform
+
+        return VarNetDataTransform(mask_func=mask_func, use_seed=True)
+
+    def run(self, model: nn.Module, batch: Any, device) -> np.ndarray:
+        """`(N, h, w)`: the network's output, centre-cropped as ``VarNetModule.test_step`` does."""
+        import torch
+        from fastmri.data.transforms import center_crop
+
+        low = batch.num_low_frequencies
+        if torch.is_tensor(low):
+            # One value for the whole batch, as the VarNet's sensitivity model
+            # expects (a collated per-sample tensor would be ambiguous there).
+            values = set(low.flatten().tolist())
+            if len(values) != 1:
+                raise ValueError(
+                    f"slices of one batch have different numbers of centre lines "
+                    f"({sorted(values)}); use batch_size=1")
+            low = int(values.pop())
+        output = model(batch.masked_kspace.to(device), batch.mask.to(device), low)
+        crop = tuple(int(c.flatten()[0]) if torch.is_tensor(c) else int(c)
+                     for c in batch.crop_size)
+        if output.shape[-1] < crop[1]:  # fastMRI's check for FLAIR 203
+            crop = (output.shape[-1], output.shape[-1])
+        return center_crop(output, crop).cpu().numpy()
+
+
 def reconstruct(
     model: nn.Module,
     data_path: PathLike,
@@ -165,16 +238,21 @@ def reconstruct(
     device: Union[str, torch.device] = "cpu",
     num_workers: int = 0,
     progress: bool = True,
+    kind: Optional[str] = None,
 ) -> List[Path]:
     """Reconstruct every volume of a split and write leaderboard files.
 
     Args:
-        model: Image-domain network mapping normalised zero-filled images
-            ``(N, 1, H, W)`` to ``(N, 1, H, W)``, e.g. ``fastmri.models.Unet``
-            or the ``.unet`` of a U-Net LightningModule. It is moved to
+        model: An image network mapping normalised zero-filled images
+            ``(N, 1, H, W)`` to ``(N, 1, H, W)`` (``fastmri.models.Unet``, the
+            ``.unet`` of a U-Net LightningModule), or a k-space network
+            mapping ``(masked_kspace (N, coils, H, W, 2), mask,
+            num_low_frequencies)`` to ``(N, H, W)`` (``fastmri.models.VarNet``,
+            the ``.varnet`` of a VarNet LightningModule). It is moved to
             ``device`` and run in eval mode; its training flag is restored.
         data_path: Folder of fastMRI ``.h5`` files (one split).
-        challenge: ``"singlecoil"`` or ``"multicoil"``.
+        challenge: ``"singlecoil"`` or ``"multicoil"`` (k-space networks:
+            multicoil only).
         mask_func: fastMRI mask function for fully sampled files (val/train);
             masks are seeded from the file name, so they are fixed. ``None``
             for test/challenge files, which carry their own under-sampled
@@ -185,25 +263,34 @@ def reconstruct(
         device: Torch device for the forward passes.
         num_workers: DataLoader workers.
         progress: Report progress per volume on stderr.
+        kind: ``"image"`` or ``"kspace"`` (see :data:`MODEL_INPUTS`); None
+            tells them apart with :func:`model_input`.
 
     Returns:
         Paths of the written files, one per volume, in file-name order.
 
     Raises:
-        ValueError: unknown challenge, unreadable split folder, a
-            ``mask_func`` given for files that already carry a mask (or none
-            given for fully sampled files), or an output that would replace
-            a data file.
+        ValueError: unknown challenge or kind, a k-space network on
+            single-coil data, unreadable split folder, a ``mask_func``
+            given for files that already carry a mask (or none given for
+            fully sampled files), or an output that would replace a data
+            file; nothing is written then.
     """
     import torch
     from fastmri.data import SliceDataset
-    from fastmri.data.transforms import UnetDataTransform
     from fastmri.utils import save_reconstructions
 
     check_challenge(challenge)
+    kind = model_input(model) if kind is None else kind
+    if kind not in MODEL_INPUTS:
+        raise ValueError(f"unknown model input kind {kind!r}; valid: {', '.join(MODEL_INPUTS)}")
+    if kind == "kspace" and challenge != "multicoil":
+        raise ValueError(
+            f"{type(model).__name__} reconstructs multicoil k-space, but challenge is "
+            f"{challenge!r}; use challenge='multicoil' (--challenge multicoil) and a multicoil split")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    files = check_split_dir(data_path, what="data path")
+    files = check_split_dir(data_path, challenge=challenge, what="data path")
     has_mask = {}
     for fname in files:
         with h5py.File(fname, "r") as hf:
@@ -225,11 +312,9 @@ def reconstruct(
     for fname in files:
         _check_safe_to_write(out_dir / fname.name, files)
 
-    dataset = SliceDataset(
-        root=data_path,
-        challenge=challenge,
-        transform=UnetDataTransform(challenge, mask_func=mask_func, use_seed=True),
-    )
+    reader = _KspaceReader() if kind == "kspace" else _ImageReader()
+    dataset = SliceDataset(root=data_path, challenge=challenge,
+                           transform=reader.transform(challenge, mask_func))
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers
     )
@@ -251,10 +336,7 @@ def reconstruct(
     try:
         with torch.no_grad():
             for batch in loader:
-                image = batch.image.to(device).unsqueeze(1)
-                mean = batch.mean.to(device).view(-1, 1, 1)
-                std = batch.std.to(device).view(-1, 1, 1)
-                output = (model(image).squeeze(1) * std + mean).cpu().numpy()
+                output = reader.run(model, batch, device)
                 for name, slice_num, out in zip(batch.fname, batch.slice_num.tolist(), output):
                     # SliceDataset lists slices file by file, so a new name
                     # means every earlier volume is complete.
@@ -290,7 +372,8 @@ def leaderboard_validation(
     conventions).
 
     Args:
-        model: Image network ``(N, 1, H, W) -> (N, 1, H, W)``.
+        model: An image network ``(N, 1, H, W) -> (N, 1, H, W)`` or a
+            k-space network (a VarNet; see ``reconstruct``).
         data_root_or_split_path: The val split folder, or a folder holding
             it (see ``resolve_split_dir``).
         challenge: ``"singlecoil"`` or ``"multicoil"``.
