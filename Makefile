@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
-BENCH_ARGS ?=
+BENCH_ARGS ?= --jobs 2
 
 .PHONY: setup test demo bench clean
 

@@ -1,87 +1,266 @@
-"""Benchmark 4: what growth buys in reconstruction quality, at equal epochs.
+"""Benchmark 4: what growth buys, in a regime where capacity is the bottleneck.
 
-Synthetic single-coil knee data, U-Nets trained with fastMRI's recipe
-(L1 loss, RMSprop, random 4x/8x training masks) for the same number of
-epochs, then evaluated on the validation split with fixed leaderboard masks
-at 4x (centre 0.08) and 8x (centre 0.04) by fastMRI's metric definitions
-(``fastmri_growth.inference.leaderboard_validation``: per-volume SSIM, PSNR,
-NMSE with the volume's max as data range, averaged over volumes), plus
-the same SSIM averaged over the object only (:func:`object_metrics`).
+Every run goes through the path a user runs: the training command's own
+parser and checks (``fastmri_growth.cli.train.parse_args`` and
+``validate_args`` on the flags listed per configuration below), the
+``DynamicUnetModule`` they build, fastMRI's data module and transforms, and a
+Lightning ``Trainer``. After training, the network is evaluated on the
+validation split as the leaderboard does (fixed masks at 4x with centre
+0.08 and 8x with centre 0.04; fastMRI's per-volume SSIM, PSNR and NMSE with
+the volume's max as data range, averaged over volumes) and by the object
+SSIM (:func:`object_metrics`). Validation is never run during training:
+nothing is tuned or selected on the validation split.
 
-Why the object SSIM: in these 64x64 synthetic slices about half of every
-image is background whose target is noise at 1-3% of the volume's max.
-There SSIM's luminance term ``(2 mu_x mu_y + C1) / (mu_x^2 + mu_y^2 + C1)``,
-with ``C1 = (0.01 * max)^2``, drops to 0.1-0.4 when the reconstruction's
-background mean ``mu_y`` is zero and below zero when it is negative, however
-small the error. In most runs the networks put their 4x background 1-2% of
-max below the target (slightly negative) and their 8x background 2-4% above
-it, so whole-image SSIM at 4x measures the sign of a tiny background offset
-that differs by seed, not the reconstruction. Averaged over the object, SSIM
-ranks 4x above 8x in every run of the study.
+Regimes (:data:`REGIMES`): 96x96 textured phantoms (40 training volumes x 8
+slices = 320 slices, 20 validation volumes), and brain anatomy at 128x128 (the
+same counts); U-Net with 3 pools, batch 4, 19 epochs (1,520 steps), fastMRI's
+recipe (RMSprop lr 1e-3, L1 loss, random 4x/8x training masks), at which a
+fixed chans-4 U-Net is clearly worse than a fixed chans-8 one.
 
-Configurations (every one with each seed; same data order and masks for a
-given seed):
+Configurations (:data:`CONFIGS`): fixed widths (chans 2, 3, 4, 6, 8: the
+capacity sweep and the Pareto front); networks that start at chans 4 and grow
+to chans-8 widths with the ``budget`` schedule (events at epochs 1, 3, 5 and
+7), by ``sample_select``, ``random`` or ``gradmax``, each with zero fan-out
+and with ``descent``, on all sites or on the 4 best sites per event (auto),
+without the optimizer treatment (second moments seeded with the mean instead
+of the new slices' gradient), and with growth ending early (epoch 3) or late
+(epoch 13); a chans-4 network that exchanges filters (each event removes the
+8 lowest-Taylor filters, then grows 8 at the 4 best sites); chans 8 pruned to
+half its width at epoch 3 (magnitude or Taylor).
 
-* ``fixed_small``: chans 8, never grows;
-* ``fixed_large``: the grown runs' final widths from the start
-  (``DynamicUnet(widths=...)``), never grows;
-* ``grown_sample_select``: starts at chans 8, ``sample_select`` with 10
-  candidates, optimizer state kept;
-* ``grown_split``: the same schedule with ``split``;
-* ``grown_random``: ``sample_select`` with as many candidates as filters
-  added (``n_candidates == n_new``): random fan-ins and zero fan-outs, every
-  candidate kept, no selection (the random-growth baseline);
-* ``grown_reset``: ``sample_select`` with the optimizer and LR scheduler
-  recreated after each growth (``reset_optimizer=True``).
+Pairing: a seed fixes the initial weights (the same for every chans-4
+configuration), the data order, the training masks (the mask function's
+random state is seeded) and the candidates; growth draws its scoring batches
+without touching the training stream, so a grown run and ``fixed_c4`` see
+the same batches (each run records a digest of every epoch's inputs, and the
+study reports whether the pairs match).
 
-Training cost per run: wall seconds of the training epochs (growth
-included, on a shared machine: indicative) and FLOPs counted by
-``torch.utils.flop_counter`` (one forward+backward per training slice at
-the widths of that epoch, plus the growth steps themselves).
+Per run: per-step training loss, per-epoch widths, parameters and FLOPs
+(``torch.utils.flop_counter``: convolutions and matrix products of one
+forward+backward per training slice at that epoch's widths, plus everything
+growth and pruning computed), wall seconds, growth and pruning events, and
+the validation metrics. Each run is one JSON file under
+``<out>/quality_runs/<regime>/`` with the command, the machine and the date;
+a run whose file exists with the same flags is not run again, so an
+interrupted study resumes. Tables, goals and plots: :mod:`.quality_report`.
+
+Usage::
+
+    python -m benchmarks.quality --jobs 2            # the study (resumable)
+    python -m benchmarks.quality --quick             # minutes, same code path
+    python -m benchmarks.run_all --only quality      # the same, inside make bench
 """
+from __future__ import annotations
 
-import statistics
+import argparse
+import contextlib
+import hashlib
+import io
+import json
+import shlex
+import shutil
+import sys
+import tempfile
 import time
+import warnings
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from . import training
+from . import common
 
-FULL = {"data": {"train": 12, "val": 4, "num_slices": 4, "recon_size": 64},
-        "seeds": (0, 1, 2, 3, 4), "max_epochs": 12, "chans": 8, "num_pool_layers": 3,
-        "n_candidates": 10}
-QUICK = {"data": {"train": 3, "val": 2, "num_slices": 4, "recon_size": 64},
-         "seeds": (0, 1), "max_epochs": 4, "chans": 8, "num_pool_layers": 3, "n_candidates": 10}
-
-#: name -> growth options (None: fixed network). Grown runs come first: the
-#: fixed large network takes their final widths.
-CONFIGS = {
-    "grown_sample_select": {"growth_method": "sample_select"},
-    "grown_split": {"growth_method": "split"},
-    "grown_random": {"growth_method": "sample_select", "n_candidates": training.GROWTH["n_new"]},
-    "grown_reset": {"growth_method": "sample_select", "reset_optimizer": True},
-    "fixed_small": None,
-    "fixed_large": None,
-}
-LABELS = {
-    "fixed_small": "fixed small (chans 8)",
-    "fixed_large": "fixed large (grown widths)",
-    "grown_sample_select": "grown: sample_select N=10",
-    "grown_split": "grown: split",
-    "grown_random": "grown: random (no selection)",
-    "grown_reset": "grown: sample_select, optimizer reset",
-}
 ACCELERATIONS = (4, 8)
 CENTER_FRACTIONS = (0.08, 0.04)
-
-
 #: A pixel belongs to the object where the target exceeds this fraction of
-#: the volume's max (holes filled); the synthetic background sits at 1-3%.
+#: the volume's max (holes filled); the synthetic backgrounds sit at 1-3%.
 OBJECT_THRESHOLD = 0.1
 #: Metrics per acceleration in every run (see :func:`object_metrics`).
 METRICS = ("SSIM", "SSIM_object", "PSNR", "NMSE", "background_offset")
+
+
+@dataclass(frozen=True)
+class Regime:
+    """The data and training length of one part of the study.
+
+    Attributes:
+        phantom: ``fastmri-growth-synth --phantom``.
+        recon_size: Image side.
+        train: Training volumes.
+        val: Validation volumes.
+        slices: Slices per volume.
+        batch: Batch size.
+        epochs: Training epochs.
+        pools: U-Net pools.
+        start_chans: Width the grown runs start at.
+        target_chans: Width they grow to (the budget schedule's target).
+        timings: ``name -> (start, end, interval)`` of the budget schedule.
+        prune_epoch: Epoch at which the pruned-large runs are pruned.
+        seeds_decide: Seeds of the comparisons that decide the goals.
+        seeds_other: Seeds of the other comparisons.
+        configs: The configurations run in this regime.
+    """
+
+    phantom: str
+    recon_size: int
+    train: int
+    val: int
+    slices: int
+    batch: int
+    epochs: int
+    pools: int
+    start_chans: int
+    target_chans: int
+    timings: Dict[str, Tuple[int, int, int]]
+    prune_epoch: int
+    seeds_decide: Tuple[int, ...]
+    seeds_other: Tuple[int, ...]
+    configs: Tuple[str, ...]
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return -(-self.train * self.slices // self.batch)
+
+
+@dataclass(frozen=True)
+class Config:
+    """One configuration: its width, growth timing and extra training flags.
+
+    Attributes:
+        label: Name in tables and plots.
+        chans: Start width; ``None``: the regime's start width.
+        timing: Budget-schedule timing name (``None``: no budget growth).
+        flags: Extra command-line flags; ``{prune_epoch}`` is filled in.
+        decide: Run with the regime's deciding seeds (else the other seeds).
+        group: ``fixed``, ``grown``, ``exchange`` or ``pruned`` (plots).
+    """
+
+    label: str
+    chans: Optional[int] = None
+    timing: Optional[str] = None
+    flags: Tuple[str, ...] = ()
+    decide: bool = False
+    group: str = "grown"
+
+
+def _grown(label: str, method: str, *extra: str, decide: bool = False,
+           timing: str = "middle") -> Config:
+    return Config(label, timing=timing, flags=("--growth_method", method) + extra, decide=decide)
+
+
+#: name -> configuration. Fixed widths first, then the grown runs.
+CONFIGS: Dict[str, Config] = {
+    "fixed_c2": Config("fixed chans 2", chans=2, group="fixed"),
+    "fixed_c3": Config("fixed chans 3", chans=3, group="fixed"),
+    "fixed_c4": Config("fixed chans 4", chans=4, group="fixed", decide=True),
+    "fixed_c6": Config("fixed chans 6", chans=6, group="fixed"),
+    "fixed_c8": Config("fixed chans 8", chans=8, group="fixed", decide=True),
+    "sample_select": _grown("sample_select", "sample_select", decide=True),
+    "random": _grown("random", "random", decide=True),
+    "gradmax": _grown("gradmax", "gradmax", decide=True),
+    "sample_select_descent": _grown("sample_select, descent", "sample_select",
+                                    "--fan_out_init", "descent", decide=True),
+    "random_descent": _grown("random, descent", "random", "--fan_out_init", "descent",
+                             decide=True),
+    "gradmax_descent": _grown("gradmax, descent", "gradmax", "--fan_out_init", "descent",
+                              decide=True),
+    "auto_sites": _grown("sample_select, auto sites (4)", "sample_select", "--auto_sites", "4"),
+    "no_seeding": _grown("sample_select, no optimizer treatment", "sample_select",
+                         "--optimizer_seeding", "mean"),
+    "early": _grown("sample_select, growth ends early", "sample_select", timing="early"),
+    "late": _grown("sample_select, growth ends late", "sample_select", timing="late"),
+    "exchange": Config("exchange at chans 4 (taylor)", group="exchange", flags=(
+        "--growth_method", "sample_select", "--growth_schedule", "interval",
+        "--growth_start_epoch", "1", "--growth_interval", "2", "--max_growth_steps", "4",
+        "--auto_sites", "4", "--n_new", "2", "--prune_schedule", "exchange",
+        "--prune_criterion", "taylor")),
+    "pruned_magnitude": Config("chans 8 pruned by half (magnitude)", chans=8, group="pruned",
+                               flags=("--max_growth_steps", "0", "--prune_schedule", "epochs",
+                                      "--prune_epochs", "{prune_epoch}", "--prune_fraction", "0.5",
+                                      "--prune_criterion", "magnitude")),
+    "pruned_taylor": Config("chans 8 pruned by half (taylor)", chans=8, group="pruned",
+                            flags=("--max_growth_steps", "0", "--prune_schedule", "epochs",
+                                   "--prune_epochs", "{prune_epoch}", "--prune_fraction", "0.5",
+                                   "--prune_criterion", "taylor")),
+}
+
+_TIMINGS = {"early": (1, 3, 1), "middle": (1, 7, 2), "late": (1, 13, 4)}
+REGIMES: Dict[str, Regime] = {
+    "textured96": Regime(
+        phantom="textured", recon_size=96, train=40, val=20, slices=8, batch=4, epochs=19,
+        pools=3, start_chans=4, target_chans=8, timings=_TIMINGS, prune_epoch=3,
+        seeds_decide=(0, 1, 2, 3, 4), seeds_other=(0, 1, 2), configs=tuple(CONFIGS)),
+    "anatomy128": Regime(
+        phantom="anatomy", recon_size=128, train=40, val=20, slices=8, batch=4, epochs=19,
+        pools=3, start_chans=4, target_chans=8, timings=_TIMINGS, prune_epoch=3,
+        seeds_decide=(0, 1, 2), seeds_other=(0, 1, 2),
+        configs=("fixed_c4", "fixed_c8", "sample_select", "random", "sample_select_descent")),
+}
+#: ``--quick``: the same configurations and code path on tiny data.
+QUICK_REGIMES: Dict[str, Regime] = {
+    "textured_quick": Regime(
+        phantom="textured", recon_size=32, train=2, val=1, slices=4, batch=2, epochs=4,
+        pools=2, start_chans=2, target_chans=4,
+        timings={"early": (1, 1, 1), "middle": (1, 2, 1), "late": (1, 3, 2)}, prune_epoch=1,
+        seeds_decide=(0, 1), seeds_other=(0,),
+        configs=("fixed_c2", "fixed_c4", "sample_select", "random", "sample_select_descent",
+                 "early", "late", "exchange", "pruned_taylor")),
+    "anatomy_quick": Regime(
+        phantom="anatomy", recon_size=32, train=2, val=1, slices=4, batch=2, epochs=3,
+        pools=2, start_chans=2, target_chans=4,
+        timings={"middle": (1, 2, 1)}, prune_epoch=1, seeds_decide=(0,), seeds_other=(0,),
+        configs=("fixed_c2", "fixed_c4", "sample_select")),
+}
+# In the quick regimes fixed_c2 / fixed_c4 play the small / large roles.
+QUICK_ROLES = {"small": "fixed_c2", "large": "fixed_c4"}
+ROLES = {"small": "fixed_c4", "large": "fixed_c8"}
+
+
+def roles(quick: bool) -> Dict[str, str]:
+    """Which fixed configurations are 'fixed small' and 'fixed large'."""
+    return QUICK_ROLES if quick else ROLES
+
+
+def config_chans(regime: Regime, name: str, quick: bool) -> int:
+    """The start width of configuration ``name`` in ``regime``."""
+    cfg = CONFIGS[name]
+    if cfg.chans is None:
+        return regime.start_chans
+    if quick:  # the quick regimes' widths: 2 (small) and 4 (large)
+        return 2 if cfg.chans <= 3 else 4
+    return cfg.chans
+
+
+def seeds_of(regime: Regime, name: str) -> Tuple[int, ...]:
+    return regime.seeds_decide if CONFIGS[name].decide else regime.seeds_other
+
+
+def flags_of(regime: Regime, name: str, seed: int, quick: bool = False) -> List[str]:
+    """The training command's flags of one run (without the paths)."""
+    cfg = CONFIGS[name]
+    flags = [
+        "--model-type", "dynamic_unet", "--challenge", "singlecoil",
+        "--chans", str(config_chans(regime, name, quick)),
+        "--num_pool_layers", str(regime.pools), "--drop_prob", "0.0", "--lr", "0.001",
+        "--batch_size", str(regime.batch), "--max_epochs", str(regime.epochs),
+        "--seed", str(seed), "--growth_seed", str(seed),
+        "--mask_type", "random", "--center_fractions", "0.08", "0.04",
+        "--accelerations", "4", "8", "--num_workers", "0",
+    ]
+    if cfg.timing is not None:
+        start, end, interval = regime.timings[cfg.timing]
+        flags += ["--growth_schedule", "budget", "--target_chans", str(regime.target_chans),
+                  "--growth_start_epoch", str(start), "--growth_end_epoch", str(end),
+                  "--growth_interval", str(interval)]
+    elif cfg.group == "fixed":
+        flags += ["--max_growth_steps", "0"]
+    flags += [f.format(prune_epoch=regime.prune_epoch) for f in cfg.flags]
+    return flags
+
+
+# --------------------------------------------------------------------------- metrics
 
 
 def object_metrics(recon_dir: Path, target_dir: Path,
@@ -94,6 +273,14 @@ def object_metrics(recon_dir: Path, target_dir: Path,
     (holes filled, so dark structures inside the object count) instead of
     over the whole image. Per-slice values are averaged per volume, then
     over volumes, as fastMRI's evaluation does.
+
+    Why: about half of every synthetic image is background whose target is
+    noise at 1-3% of the volume's max. There SSIM's luminance term
+    ``(2 mu_x mu_y + C1) / (mu_x^2 + mu_y^2 + C1)``, with
+    ``C1 = (0.01 * max)^2``, drops to 0.1-0.4 when the reconstruction's
+    background mean is zero and below zero when it is negative, however
+    small the error, so whole-image SSIM measures the sign of a tiny
+    background offset that differs by seed, not the reconstruction.
 
     Args:
         recon_dir: Folder of reconstruction files (``reconstruction``,
@@ -123,7 +310,7 @@ def object_metrics(recon_dir: Path, target_dir: Path,
             _, smap = structural_similarity(gt, pr, data_range=maxval, full=True)
             obj = binary_fill_holes(gt > threshold * maxval)
             vol_ssim.append(float(smap[obj].mean()))
-            vol_off.append(float((pr[~obj] - gt[~obj]).mean() / maxval))
+            vol_off.append(float((pr[~obj] - gt[~obj]).mean() / maxval) if (~obj).any() else 0.0)
         ssims.append(np.mean(vol_ssim))
         offsets.append(np.mean(vol_off))
     if not ssims:
@@ -131,251 +318,363 @@ def object_metrics(recon_dir: Path, target_dir: Path,
     return {"SSIM_object": float(np.mean(ssims)), "background_offset": float(np.mean(offsets))}
 
 
-def _evaluate(unet, knee: Path, out_dir: Path) -> dict:
-    from fastmri_growth.inference import leaderboard_validation
+def evaluate(net: torch.nn.Module, val_dir: Path, out_dir: Path) -> Dict[str, Dict[str, float]]:
+    """Leaderboard validation at 4x and 8x plus the object metrics.
 
-    unet.eval()
+    Args:
+        net: An image network ``(N, 1, H, W) -> (N, 1, H, W)`` (or ``Identity``:
+            the zero-filled input).
+        val_dir: The validation split folder.
+        out_dir: Where the reconstructions go.
+
+    Returns:
+        ``{"4x": {metric: value}, "8x": {...}}`` with :data:`METRICS`.
+    """
+    from fastmri_growth.evaluation.inference import leaderboard_validation
+
+    net.eval()
     with torch.no_grad():
-        res = leaderboard_validation(unet, knee / "singlecoil_val", "singlecoil", out_dir,
+        res = leaderboard_validation(net, val_dir, "singlecoil", out_dir,
                                      accelerations=ACCELERATIONS, center_fractions=CENTER_FRACTIONS,
                                      mask_type="random", num_workers=0, progress=False)
-    return {f"{a}x": {**{m: r["metrics"][m]["mean"] for m in ("SSIM", "PSNR", "NMSE")},
-                      **object_metrics(r["reconstructions"], knee / "singlecoil_val")}
+    return {f"{a}x": {**{m: float(r["metrics"][m]["mean"]) for m in ("SSIM", "PSNR", "NMSE")},
+                      **object_metrics(r["reconstructions"], val_dir)}
             for a, r in res.items()}
 
 
-def train_one(name: str, seed: int, cfg: dict, knee: Path, workdir: Path,
-              large_widths: Optional[dict]) -> dict:
-    """Train and evaluate one configuration with one seed."""
-    from fastmri_growth.models import DynamicUnet
-
-    growth = CONFIGS[name]
-    opts = {"n_candidates": cfg["n_candidates"]}
-    if growth is not None:
-        opts.update(growth)
-        module = training.build_module(seed, cfg["chans"], cfg["num_pool_layers"], grow=True, **opts)
-    else:
-        module = training.build_module(seed, cfg["chans"], cfg["num_pool_layers"], grow=False, **opts)
-        if name == "fixed_large":
-            if large_widths is None:
-                raise ValueError("fixed_large needs the widths of a grown run; run a grown "
-                                 "configuration first")
-            # Initialised with the seed, exactly as the small model is.
-            torch.manual_seed(seed)
-            module.unet = DynamicUnet(1, 1, cfg["chans"], cfg["num_pool_layers"], widths=large_widths)
-    fit = training.fit(module, knee, cfg["max_epochs"], seed, cfg["data"]["recon_size"],
-                       workdir / "lightning")
-    start = time.perf_counter()
-    metrics = _evaluate(module.unet, knee, workdir / "recons" / f"{name}_seed{seed}")
-    return {"config": name, "seed": seed, "metrics": metrics,
-            "params": fit["final_params"], "widths": fit["final_widths"],
-            "train_seconds": fit["train_seconds"], "growth_seconds": fit["growth_seconds"],
-            "train_flops": fit["train_flops"], "growth_flops": fit["growth_flops"],
-            "total_flops": fit["train_flops"] + fit["growth_flops"],
-            "eval_seconds": time.perf_counter() - start,
-            "train_loss_curve": [e["train_loss"] for e in fit["epochs"]],
-            "final_train_loss": fit["epochs"][-1]["train_loss"],
-            "epochs": fit["epochs"], "growth_log": [l for l in fit["log"].splitlines() if l.strip()]}
+# --------------------------------------------------------------------------- one run
 
 
-def _mean_std(xs: Sequence[float]) -> Dict[str, float]:
-    xs = list(xs)
-    return {"mean": statistics.mean(xs), "std": statistics.stdev(xs) if len(xs) > 1 else 0.0,
-            "min": min(xs), "max": max(xs), "n": len(xs)}
+def flops_per_sample(net: torch.nn.Module, side: int) -> int:
+    """FLOPs of one forward+backward of ``net`` on a ``(1, 1, side, side)`` image."""
+    import copy
+
+    from torch.nn import functional as F
+    from torch.utils.flop_counter import FlopCounterMode
+
+    m = copy.deepcopy(net).train()
+    x = torch.zeros(1, 1, side, side)
+    with FlopCounterMode(display=False) as fc:
+        F.l1_loss(m(x), x).backward()
+    return int(fc.get_total_flops())
 
 
-def aggregate(runs: List[dict]) -> dict:
-    """Mean and spread over seeds per configuration, and paired differences."""
-    out = {}
-    names = [n for n in CONFIGS if any(r["config"] == n for r in runs)]
-    for name in names:
-        rs = [r for r in runs if r["config"] == name]
-        agg = {"seeds": [r["seed"] for r in rs], "params": _mean_std(r["params"] for r in rs),
-               "train_seconds": _mean_std(r["train_seconds"] for r in rs),
-               "total_flops": _mean_std(r["total_flops"] for r in rs),
-               "final_train_loss": _mean_std(r["final_train_loss"] for r in rs)}
-        for acc in rs[0]["metrics"]:
-            for m in METRICS:
-                agg[f"{m}_{acc}"] = _mean_std(r["metrics"][acc][m] for r in rs)
-        out[name] = agg
-    # Paired by seed: same data order, masks and initial small network.
-    paired = {}
-    ref = "grown_sample_select"
-    if ref in names:
-        by_seed = {r["seed"]: r for r in runs if r["config"] == ref}
-        for name in names:
-            if name == ref:
-                continue
-            for metric in ("SSIM_object", "SSIM", "PSNR"):
-                for acc in ("4x", "8x"):
-                    diffs = [by_seed[r["seed"]]["metrics"][acc][metric] - r["metrics"][acc][metric]
-                             for r in runs if r["config"] == name and r["seed"] in by_seed]
-                    if diffs:
-                        paired[f"{ref} - {name}: {metric} {acc}"] = {
-                            **_mean_std(diffs), "positive": sum(x > 0 for x in diffs)}
-    return {"per_config": out, "paired_differences": paired}
+def counting_module_class():
+    """``DynamicUnetModule`` whose growth callback counts the FLOPs and seconds of growth and pruning."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from fastmri_growth.pl_modules import DynamicUnetModule, GrowthCallback
+
+    class CountingGrowthCallback(GrowthCallback):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.flops = {"growth": 0, "prune": 0}
+            self.seconds = {"growth": 0.0, "prune": 0.0}
+            self.events: List[dict] = []
+            self._depth = 0
+
+        def _counted(self, kind: str, epoch: int, fn: Callable, *args, **kwargs):
+            # An exchange prunes inside grow(): count only the outer call.
+            if self._depth:
+                return fn(*args, **kwargs)
+            self._depth = 1
+            start = time.perf_counter()
+            try:
+                with FlopCounterMode(display=False) as fc:
+                    out = fn(*args, **kwargs)
+            finally:
+                self._depth = 0
+            self.seconds[kind] += time.perf_counter() - start
+            self.flops[kind] += int(fc.get_total_flops())
+            return out
+
+        def grow(self, trainer, pl_module, batches, sites, epoch):
+            reports = self._counted("growth", epoch, super().grow, trainer, pl_module, batches,
+                                    sites, epoch)
+            self.events += [{"kind": "growth", "epoch": int(epoch),
+                             "site": f"{r.layer_idx}:{r.conv_idx}", "filters": int(r.n_added),
+                             "loss": float(r.loss), "loss_after": float(r.loss_after)}
+                            for r in reports]
+            return reports
+
+        def prune_now(self, trainer, pl_module, batches, epoch, total=None):
+            reports = self._counted("prune", epoch, super().prune_now, trainer, pl_module,
+                                    batches, epoch, total)
+            self.events += [{"kind": "prune", "epoch": int(epoch),
+                             "site": f"{r.layer_idx}:{r.conv_idx}", "filters": len(r.removed),
+                             "loss": float(r.loss_before), "loss_after": float(r.loss_after)}
+                            for r in reports]
+            return reports
+
+    class CountingDynamicUnetModule(DynamicUnetModule):
+        growth_callback_class = CountingGrowthCallback
+
+    return CountingDynamicUnetModule
 
 
-def plot(res: dict, path: Path) -> Path:
-    """Val object SSIM against parameters and training FLOPs (mean +/- std)."""
-    import matplotlib
+def step_recorder(side: int):
+    """A Callback recording each step's loss and each epoch's widths, FLOPs and input digest."""
+    import pytorch_lightning as pl
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    class StepRecorder(pl.Callback):
+        def __init__(self):
+            self.losses: List[float] = []
+            self.epochs: List[dict] = []
+            self._flops: Dict[str, int] = {}
 
-    agg = aggregate(res["runs"])["per_config"]
-    zf = res.get("zero_filled")
-    markers = dict(zip(CONFIGS, ["o", "s", "^", "D", "v", "P"]))
-    fig, axes = plt.subplots(2, 2, figsize=(9, 6.5), sharey="row")
-    for row, acc in enumerate(("4x", "8x")):
-        for col, (key, scale, xlabel) in enumerate((("params", 1e3, "parameters (thousands, final)"),
-                                                    ("total_flops", 1e9, "training cost (GFLOPs, incl. growth)"))):
-            ax = axes[row, col]
-            for i, (name, a) in enumerate(agg.items()):
-                ssim = a[f"SSIM_object_{acc}"]
-                # Grown runs share their x: spread the markers a little.
-                grown = [n for n in agg if CONFIGS[n] is not None]
-                shift = 1 + 0.012 * (grown.index(name) - (len(grown) - 1) / 2) if name in grown else 1
-                ax.errorbar(a[key]["mean"] / scale * shift, ssim["mean"], yerr=ssim["std"],
-                            xerr=a[key]["std"] / scale, marker=markers[name], capsize=3,
-                            linestyle="none", label=LABELS[name])
-            if zf:
-                ax.axhline(zf[acc]["SSIM_object"], color="gray", linestyle=":", label="zero-filled input")
-            ax.set_xlabel(xlabel)
-            ax.grid(alpha=0.3)
-            if col == 0:
-                ax.set_ylabel(f"val SSIM over the object, {acc}")
-    axes[0, 0].legend(fontsize=7, loc="best")
-    cfg = res["config"]
-    fig.suptitle(f"Synthetic knee single-coil, {cfg['max_epochs']} epochs, {len(cfg['seeds'])} seeds "
-                 "(mean +/- std; grown runs offset horizontally for legibility)", fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+        def on_train_epoch_start(self, trainer, module):
+            self._digest = hashlib.sha1()
+            self._samples = 0
+            self._start = time.perf_counter()
+
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+            self.losses.append(float(loss))
+            self._digest.update(batch.image.detach().cpu().numpy().tobytes())
+            self._samples += int(batch.image.shape[0])
+
+        def on_train_epoch_end(self, trainer, module):
+            net = module.growable_net()
+            size = net.get_network_size()
+            key = repr(size)
+            if key not in self._flops:
+                self._flops[key] = flops_per_sample(net, side)
+            self.epochs.append({
+                "epoch": trainer.current_epoch, "seconds": time.perf_counter() - self._start,
+                "samples": self._samples, "params": int(net.num_parameters()),
+                "widths": size, "flops_per_sample": self._flops[key],
+                "train_flops": self._flops[key] * self._samples,
+                "input_digest": self._digest.hexdigest()[:16]})
+
+    return StepRecorder()
 
 
-def run(workdir: Path, quick: bool = False, cfg: Optional[dict] = None,
-        configs: Optional[Sequence[str]] = None, plot_path: Optional[Path] = None,
-        log=print) -> dict:
-    """The whole study.
+def _run_paths(out: Path, regime_name: str, name: str, seed: int) -> Path:
+    return Path(out) / "quality_runs" / regime_name / f"{name}_s{seed}.json"
+
+
+def train_one(spec: dict) -> dict:
+    """Train and evaluate one run (in a worker process); writes and returns its record.
 
     Args:
-        workdir: Folder for data, Lightning files and reconstructions.
-        quick: Smaller data, fewer epochs and seeds.
-        cfg: Sizes (see :data:`FULL`).
-        configs: Subset of :data:`CONFIGS` (grown ones first when
-            ``fixed_large`` is included).
-        plot_path: Where to write the PNG (None: no plot).
+        spec: ``regime`` (name), ``regime_spec``, ``config``, ``seed``,
+            ``flags``, ``data_path``, ``val_dir``, ``work``, ``out_file``,
+            ``threads``, ``command``.
+    """
+    import numpy as np
+    import pytorch_lightning as pl
+
+    from fastmri_growth.cli import train as train_cli
+    from fastmri_growth.cli.train_checks import validate_args
+
+    from . import training
+
+    common.set_threads(spec["threads"])
+    training.quiet_lightning()
+    seed, side = spec["seed"], spec["regime_spec"]["recon_size"]
+    scratch = Path(tempfile.mkdtemp(prefix=f"{spec['config']}_s{seed}_", dir=spec["work"]))
+    try:
+        args = train_cli.parse_args(spec["flags"] + [
+            "--data_path", spec["data_path"], "--default_root_dir", str(scratch / "run")])
+        validate_args(args)  # the command's own checks, before anything trains
+        cls = counting_module_class()
+        pl.seed_everything(seed, verbose=False)  # initial weights
+        module = cls(**{n: getattr(args, n) for n in train_cli.model_arg_names(cls)})
+        dm = train_cli.build_data_module(args, distributed_sampler=False)
+        # Seeded training masks: same seed, same masks in the same order.
+        dm.train_transform.mask_func.rng = np.random.RandomState(seed)
+        pl.seed_everything(seed, verbose=False)  # data order, the same for every width
+        rec = step_recorder(side)
+        trainer = pl.Trainer(
+            accelerator="cpu", devices=1, max_epochs=args.max_epochs, logger=False,
+            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+            num_sanity_val_steps=0, limit_val_batches=0, deterministic=True, callbacks=[rec],
+            default_root_dir=str(scratch / "run"))
+        start = time.perf_counter()
+        # The growth callback prints each event; the record keeps them instead.
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trainer.fit(module, datamodule=dm)
+        fit_seconds = time.perf_counter() - start
+        cb = module.growth_callback
+        net = module.growable_net()
+        metrics = evaluate(net, Path(spec["val_dir"]), scratch / "recons")
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    train_flops = sum(e["train_flops"] for e in rec.epochs)
+    record = {
+        "regime": spec["regime"], "config": spec["config"], "seed": seed,
+        "command": spec["command"], "flags": spec["flags"], "machine": common.machine(),
+        "metrics": metrics, "params": int(net.num_parameters()),
+        "widths": net.get_network_size(),
+        "train_flops": train_flops, "growth_flops": cb.flops["growth"],
+        "prune_flops": cb.flops["prune"],
+        "total_flops": train_flops + cb.flops["growth"] + cb.flops["prune"],
+        "fit_seconds": fit_seconds, "growth_seconds": cb.seconds["growth"],
+        "prune_seconds": cb.seconds["prune"],
+        "grown_epochs": sorted({e["epoch"] for e in cb.events if e["kind"] == "growth"}),
+        "pruned_epochs": sorted({e["epoch"] for e in cb.events if e["kind"] == "prune"}),
+        "events": cb.events,
+        "epochs": rec.epochs, "losses": [round(x, 6) for x in rec.losses],
+        "steps_per_epoch": spec["regime_spec"]["steps_per_epoch"],
+    }
+    common.write_json(Path(spec["out_file"]), record)
+    return record
+
+
+# --------------------------------------------------------------------------- the study
+
+
+def make_data(root: Path, regime: Regime) -> Path:
+    """The regime's dataset under ``root`` (reused when its record matches).
+
+    Returns:
+        The ``--data_path`` root (``root/knee``).
+    """
+    from fastmri_growth.data.synthetic import generate_dataset
+
+    marker = Path(root) / "quality_spec.json"
+    want = json.dumps({k: v for k, v in asdict(regime).items()
+                       if k in ("phantom", "recon_size", "train", "val", "slices")}, sort_keys=True)
+    if not (marker.is_file() and marker.read_text() == want):
+        generate_dataset(root, challenges=("knee_singlecoil",), splits=("train", "val"),
+                         num_volumes={"train": regime.train, "val": regime.val},
+                         num_slices=regime.slices, recon_size=regime.recon_size, seed=0,
+                         overwrite=True, phantom=regime.phantom)
+        marker.write_text(want)
+    return Path(root) / "knee"
+
+
+def run(out: Path, quick: bool = False, regimes: Optional[Sequence[str]] = None,
+        configs: Optional[Sequence[str]] = None, jobs: int = 1, threads: int = 1,
+        command: str = "python -m benchmarks.quality", plot_dir: Optional[Path] = None,
+        log: Callable[[str], None] = print) -> dict:
+    """Every run of the study that has no up-to-date record yet, then the aggregate.
+
+    Args:
+        out: Output folder (records under ``out/quality_runs``, scratch under
+            ``out/work``).
+        quick: The tiny regimes (:data:`QUICK_REGIMES`).
+        regimes: Subset of the regimes (default: all).
+        configs: Subset of the configurations (default: each regime's).
+        jobs: Runs trained at once, each in its own process.
+        threads: Torch threads per run.
+        command: Recorded in every run's JSON.
+        plot_dir: Where the plots go (None: no plots).
         log: Progress printer.
 
     Returns:
-        Runs, aggregates and configuration.
+        ``{"regimes", "runs", "quick", "zero_filled", "report", "plots"}``
+        (see :func:`benchmarks.quality_report.aggregate`).
     """
-    cfg = dict(cfg or (QUICK if quick else FULL))
-    names = list(configs or CONFIGS)
-    workdir = Path(workdir)
-    knee = training.make_data(workdir / "data_quality", cfg["data"])
-    runs, large_widths = [], None
+    from . import quality_report
+
+    table = QUICK_REGIMES if quick else REGIMES
+    names = list(regimes or table)
+    bad = [r for r in names if r not in table]
+    if bad:
+        raise ValueError(f"unknown regime(s) {', '.join(bad)}; valid: {', '.join(table)}")
+    bad = [c for c in configs or () if c not in CONFIGS]
+    if bad:
+        raise ValueError(f"unknown configuration(s) {', '.join(bad)}; valid: {', '.join(CONFIGS)}")
+    out = Path(out)
+    work = out / ("work_quick" if quick else "work")
+    work.mkdir(parents=True, exist_ok=True)
+    specs, records, zero_filled = [], [], {}
+    for rname in names:
+        regime = table[rname]
+        knee = make_data(work / f"quality_data_{rname}", regime)
+        val_dir = knee / "singlecoil_val"
+        zf_dir = Path(tempfile.mkdtemp(dir=work))
+        try:
+            zero_filled[rname] = evaluate(torch.nn.Identity(), val_dir, zf_dir)
+        finally:
+            shutil.rmtree(zf_dir, ignore_errors=True)
+        chosen = [c for c in regime.configs if configs is None or c in configs]
+        for seed in regime.seeds_decide:
+            for name in chosen:
+                if seed not in seeds_of(regime, name):
+                    continue
+                flags = flags_of(regime, name, seed, quick)
+                path = _run_paths(out, rname, name, seed)
+                if path.is_file():
+                    old = json.loads(path.read_text())
+                    if old.get("flags") == flags:
+                        records.append(old)
+                        continue
+                specs.append({
+                    "regime": rname, "regime_spec": {**asdict(regime),
+                                                     "steps_per_epoch": regime.steps_per_epoch},
+                    "config": name, "seed": seed, "flags": flags, "data_path": str(knee),
+                    "val_dir": str(val_dir), "work": str(work), "out_file": str(path),
+                    "threads": threads, "command": command})
+    log(f"[quality] {len(records)} runs up to date, {len(specs)} to run with {jobs} job(s)")
     start = time.perf_counter()
-    for seed in cfg["seeds"]:
-        for name in names:
-            r = train_one(name, seed, cfg, knee, workdir, large_widths)
-            if CONFIGS[name] is not None:
-                if large_widths is None:
-                    large_widths = r["widths"]
-                elif r["widths"] != large_widths:
-                    raise RuntimeError(f"{name} seed {seed} ended at widths {r['widths']}, "
-                                       f"other grown runs at {large_widths}")
-            runs.append(r)
-            m4, m8 = r["metrics"]["4x"], r["metrics"]["8x"]
-            log(f"[quality] seed {seed} {name}: object SSIM 4x {m4['SSIM_object']:.4f} "
-                f"8x {m8['SSIM_object']:.4f}, SSIM 4x {m4['SSIM']:.4f} 8x {m8['SSIM']:.4f}, "
-                f"{r['params']:,} params, "
-                f"{r['train_seconds']:.0f} s ({time.perf_counter() - start:.0f} s elapsed)")
-    zero_filled = _evaluate(torch.nn.Identity(), knee, workdir / "recons" / "zero_filled")
-    res = {"benchmark": "quality", "config": {**cfg, "seeds": list(cfg["seeds"])},
-           "zero_filled": zero_filled,
-           "growth": training.GROWTH, "configs": {n: CONFIGS[n] for n in names},
-           "large_widths": large_widths, "runs": runs, "aggregate": aggregate(runs),
-           "wall_seconds": time.perf_counter() - start}
-    if plot_path is not None:
-        res["plot"] = str(plot(res, plot_path))
-    return res
+
+    def done(r: dict) -> None:
+        records.append(r)
+        m4, m8 = r["metrics"]["4x"], r["metrics"]["8x"]
+        log(f"[quality] {r['regime']} {r['config']} seed {r['seed']}: PSNR 4x {m4['PSNR']:.2f} "
+            f"8x {m8['PSNR']:.2f}, object SSIM 4x {m4['SSIM_object']:.4f} 8x "
+            f"{m8['SSIM_object']:.4f}, {r['params']:,} params, {r['total_flops'] / 1e12:.2f} "
+            f"TFLOPs, {r['fit_seconds']:.0f} s ({len(records)} done, "
+            f"{time.perf_counter() - start:.0f} s elapsed)")
+
+    if jobs <= 1:
+        for spec in specs:
+            done(train_one(spec))
+    elif specs:
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, max_tasks_per_child=1) as pool:
+            for r in pool.map(train_one, specs):
+                done(r)
+    result = {"quick": quick, "regimes": {n: {**asdict(table[n]),
+                                               "steps_per_epoch": table[n].steps_per_epoch}
+                                           for n in names},
+              "roles": roles(quick), "zero_filled": zero_filled,
+              "labels": {n: c.label for n, c in CONFIGS.items()},
+              "groups": {n: c.group for n, c in CONFIGS.items()},
+              "decide": [n for n, c in CONFIGS.items() if c.decide],
+              "runs": sorted(records, key=lambda r: (names.index(r["regime"]),
+                                                     list(CONFIGS).index(r["config"]), r["seed"]))}
+    result["report"] = quality_report.aggregate(result)
+    if plot_dir is not None:
+        result["plots"] = [str(p) for p in quality_report.plots(result, Path(plot_dir))]
+    return result
 
 
 def table(res: dict) -> str:
-    """Markdown tables of :func:`run`'s result."""
-    cfg, g = res["config"], res["growth"]
-    d = cfg["data"]
-    lines = [
-        f"{d['train']} training volumes x {d['num_slices']} slices, {d['val']} validation volumes, "
-        f"{d['recon_size']}x{d['recon_size']}; U-Net {cfg['num_pool_layers']} pools, start chans "
-        f"{cfg['chans']}; {cfg['max_epochs']} epochs, batch 1, RMSprop lr 1e-3; growth: "
-        f"{', '.join(g['layers_to_grow'])} (both convs), +{g['n_new']} filters every "
-        f"{g['growth_interval']} epochs from epoch {g['growth_start_epoch']} (at most "
-        f"{g.get('max_growth_steps')} events); seeds "
-        f"{', '.join(map(str, cfg['seeds']))}. Mean +/- std over seeds.", "",
-        "SSIM: fastMRI's, over the whole image; object SSIM: the same SSIM map averaged "
-        f"over the object only (target > {OBJECT_THRESHOLD:g} x the volume's max, holes filled), "
-        "which is the one to compare here (see the conclusions); bg offset: mean of "
-        "reconstruction - target outside the object, % of the volume's max.", "",
-        "| configuration | params | object SSIM 4x | SSIM 4x | PSNR 4x | NMSE 4x | "
-        "object SSIM 8x | SSIM 8x | PSNR 8x | NMSE 8x | bg offset 4x / 8x (%) | "
-        "last-epoch train L1 | train GFLOPs | train s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    """Markdown of the study (see :func:`benchmarks.quality_report.table`)."""
+    from . import quality_report
 
-    def ms(a, fmt):
-        return f"{a['mean']:{fmt}} +/- {a['std']:{fmt}}"
+    return quality_report.table(res)
 
-    def offsets(m4, m8):
-        return f"{100 * m4:+.1f} / {100 * m8:+.1f}"
 
-    aggregated = aggregate(res["runs"])
-    for name, a in aggregated["per_config"].items():
-        cells = [LABELS[name], f"{a['params']['mean']:,.0f}"]
-        for acc in ("4x", "8x"):
-            cells += [ms(a[f"SSIM_object_{acc}"], ".4f"), ms(a[f"SSIM_{acc}"], ".4f"),
-                      ms(a[f"PSNR_{acc}"], ".2f"), ms(a[f"NMSE_{acc}"], ".4f")]
-        cells += [offsets(a["background_offset_4x"]["mean"], a["background_offset_8x"]["mean"]),
-                  ms(a["final_train_loss"], ".4f"), f"{a['total_flops']['mean'] / 1e9:,.1f}",
-                  ms(a["train_seconds"], ".0f")]
-        lines.append("| " + " | ".join(cells) + " |")
-    zf = res.get("zero_filled")
-    if zf:
-        cells = ["zero-filled input (no network)", "0"]
-        for acc in ("4x", "8x"):
-            cells += [f"{zf[acc]['SSIM_object']:.4f}", f"{zf[acc]['SSIM']:.4f}",
-                      f"{zf[acc]['PSNR']:.2f}", f"{zf[acc]['NMSE']:.4f}"]
-        cells += [offsets(zf["4x"]["background_offset"], zf["8x"]["background_offset"]), "", "", ""]
-        lines.append("| " + " | ".join(cells) + " |")
-    paired = aggregated["paired_differences"]
-    if paired:
-        lines += ["", "Paired differences over seeds (same seed: same data order, masks and, for "
-                  "the grown and small runs, the same initial network; positive = "
-                  "sample_select better):", "",
-                  "| difference | mean +/- std | min | max | seeds positive |",
-                  "|---|---|---|---|---|"]
-        for k, v in paired.items():
-            lines.append(f"| {k.replace('SSIM_object', 'object SSIM')} | {v['mean']:+.4f} +/- "
-                         f"{v['std']:.4f} | {v['min']:+.4f} | {v['max']:+.4f} | "
-                         f"{v['positive']} of {v['n']} |")
-    for title, cell in (
-            ("Per-seed object SSIM 4x / 8x:",
-             lambda m: f"{m['4x']['SSIM_object']:.3f} / {m['8x']['SSIM_object']:.3f}"),
-            ("Per-seed whole-image SSIM 4x / 8x (background offset 4x / 8x, % of max):",
-             lambda m: f"{m['4x']['SSIM']:.3f} / {m['8x']['SSIM']:.3f} "
-                       f"({offsets(m['4x']['background_offset'], m['8x']['background_offset'])})")):
-        lines += ["", title, "",
-                  "| configuration | " + " | ".join(f"seed {sd}" for sd in cfg["seeds"]) + " |",
-                  "|---|" + "---|" * len(cfg["seeds"])]
-        for name in aggregated["per_config"]:
-            cells = []
-            for sd in cfg["seeds"]:
-                r = next((r for r in res["runs"] if r["config"] == name and r["seed"] == sd), None)
-                cells.append("-" if r is None else cell(r["metrics"]))
-            lines.append(f"| {LABELS[name]} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.quality",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny regimes, same code path")
+    parser.add_argument("--regimes", nargs="+", default=None,
+                        help=f"subset of the regimes (full: {', '.join(REGIMES)}; quick: "
+                             f"{', '.join(QUICK_REGIMES)})")
+    parser.add_argument("--configs", nargs="+", default=None, choices=list(CONFIGS),
+                        help="subset of the configurations")
+    parser.add_argument("--jobs", type=int, default=1, help="runs trained at once")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    parser.add_argument("--out", type=Path, default=Path("bench_output"))
+    args = parser.parse_args(argv)
+    if args.jobs < 1 or args.threads < 1:
+        parser.error(f"--jobs and --threads must be >= 1, got {args.jobs} and {args.threads}")
+    command = "python -m benchmarks.quality " + " ".join(
+        shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+    res = run(args.out, quick=args.quick, regimes=args.regimes, configs=args.configs,
+              jobs=args.jobs, threads=args.threads, command=command.strip(),
+              plot_dir=args.out / ("quality_plots_quick" if args.quick else "quality_plots"))
+    print(table(res))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -7,11 +7,12 @@ timing is asserted.
 """
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from benchmarks import growth_cost, overhead, quality, run_all, training
+from benchmarks import growth_cost, overhead, quality, quality_report, run_all, training
 
 TINY_DATA = {"train": 1, "val": 1, "num_slices": 2, "recon_size": 32}
 
@@ -72,34 +73,58 @@ def test_training_and_quality_structure(tmp_path):
     assert all(e["batches"] == 2 for e in res["epochs"])
     assert "| 2 | yes |" in training.table(res)
 
-    cfg = {"data": TINY_DATA, "seeds": (0,), "max_epochs": 3, "chans": 2, "num_pool_layers": 3,
-           "n_candidates": 5}
-    png = tmp_path / "q.png"
-    q = quality.run(tmp_path, cfg=cfg, configs=["grown_sample_select", "fixed_small", "fixed_large"],
-                    plot_path=png, log=lambda *_: None)
-    assert [(r["config"], r["seed"]) for r in q["runs"]] == [
-        ("grown_sample_select", 0), ("fixed_small", 0), ("fixed_large", 0)]
-    grown, small, large = q["runs"]
-    assert large["widths"] == grown["widths"] == q["large_widths"]
-    assert large["params"] == grown["params"] > small["params"]
-    assert grown["growth_flops"] > 0 and small["growth_flops"] == 0
+
+
+def test_quality_study_structure(tmp_path):
+    logs = []
+    q = quality.run(tmp_path, quick=True, regimes=["textured_quick"], plot_dir=tmp_path / "plots",
+                    command="c", log=logs.append)
+    regime = quality.QUICK_REGIMES["textured_quick"]
+    want = [(n, s) for n in regime.configs for s in quality.seeds_of(regime, n)]
+    assert sorted((r["config"], r["seed"]) for r in q["runs"]) == sorted(want)
+    runs = {(r["config"], r["seed"]): r for r in q["runs"]}
+    small, grown = runs[("fixed_c2", 0)], runs[("sample_select", 0)]
+    large, pruned = runs[("fixed_c4", 0)], runs[("pruned_taylor", 0)]
+    # The grown run reaches the large fixed widths; growth and pruning are counted.
+    assert grown["widths"] == large["widths"] and grown["params"] == large["params"]
+    assert grown["grown_epochs"] == [1, 2] and grown["growth_flops"] > 0
+    assert small["growth_flops"] == 0 and small["grown_epochs"] == []
+    assert pruned["pruned_epochs"] == [1] and pruned["prune_flops"] > 0
+    assert pruned["params"] < large["params"]
+    assert runs[("exchange", 0)]["params"] != small["params"] or \
+        runs[("exchange", 0)]["widths"] != small["widths"]
+    steps = regime.epochs * regime.steps_per_epoch
     for r in q["runs"]:
-        assert set(r["metrics"]) == {"4x", "8x"}
-        assert set(r["metrics"]["4x"]) == set(quality.METRICS)
-        assert 0 < r["metrics"]["4x"]["SSIM"] <= 1
+        assert len(r["losses"]) == steps and len(r["epochs"]) == regime.epochs
+        assert set(r["metrics"]) == {"4x", "8x"} and set(r["metrics"]["4x"]) == set(quality.METRICS)
         assert 0 < r["metrics"]["4x"]["SSIM_object"] <= 1
-    assert png.is_file() and png.read_bytes()[:4] == b"\x89PNG"
-    agg = q["aggregate"]
-    assert set(agg["per_config"]) == {"grown_sample_select", "fixed_small", "fixed_large"}
-    assert "grown_sample_select - fixed_small: PSNR 8x" in agg["paired_differences"]
-    diff = agg["paired_differences"]["grown_sample_select - fixed_small: SSIM_object 4x"]
-    assert diff["n"] == 1 and diff["positive"] == int(diff["min"] > 0)
-    assert set(q["zero_filled"]) == {"4x", "8x"}
-    json.dumps(q)  # JSON-serialisable as run_all writes it
+        assert r["total_flops"] == r["train_flops"] + r["growth_flops"] + r["prune_flops"]
+        assert r["command"] == "c" and "date" in r["machine"]
+    # Paired: same seed, same inputs until the first event (and after it).
+    assert [e["input_digest"] for e in grown["epochs"]] == [e["input_digest"] for e in small["epochs"]]
+    assert small["losses"][:regime.steps_per_epoch] == grown["losses"][:regime.steps_per_epoch]
+    # Per-run records on disk; a second call trains nothing.
+    files = sorted((tmp_path / "quality_runs" / "textured_quick").glob("*.json"))
+    assert len(files) == len(want)
+    logs.clear()
+    again = quality.run(tmp_path, quick=True, regimes=["textured_quick"], log=logs.append)
+    assert logs[0].startswith(f"[quality] {len(want)} runs up to date, 0 to run")
+    assert len(again["runs"]) == len(want)
+    report = q["report"]["textured_quick"]
+    assert report["pairing"]["identical_before_first_event"] == report["pairing"]["pairs"] > 0
+    diff = report["paired"]["sample_select"]["PSNR vs small"]
+    assert diff["values"] == pytest.approx(
+        [quality_report.summary(runs[("sample_select", s)], "PSNR")
+         - quality_report.summary(runs[("fixed_c2", s)], "PSNR") for s in diff["seeds"]])
+    assert {g["config"] for g in report["goals"]} >= {"sample_select", "random"}
+    for png in q["plots"]:
+        assert Path(png).read_bytes()[:4] == b"\x89PNG"
+    json.dumps(q)
     text = quality.table(q)
-    assert "| fixed large (grown widths) |" in text and "| zero-filled input (no network) |" in text
-    assert "| object SSIM 4x |" in text
-    assert f"| {diff['positive']} of 1 |" in text
+    assert "| fixed chans 2 |" in text and "| zero-filled input (no network) |" in text
+    assert "Goals:" in text and "Pairing check" in text
+    with pytest.raises(ValueError, match="unknown regime.*valid: textured_quick, anatomy_quick"):
+        quality.run(tmp_path, quick=True, regimes=["nope"])
 
     machine = {"date": "d", "cpu_count": 2, "processor": "p", "torch": "t", "torch_threads": 1,
                "cuda": None, "load_average": [1.0, 1.0, 1.0]}
@@ -111,6 +136,23 @@ def test_training_and_quality_structure(tmp_path):
     text = readme.read_text()
     assert "old" not in text and "before" in text and "after" in text
     assert "### 4. Quality study" in text and text.count(run_all.BEGIN) == 1
+    assert "(quality_pareto.png)" in text and "(quality_bump.png)" in text
+
+
+def test_quality_bump_and_front():
+    spe = 60
+    ref = {"losses": [1.0] * 180}
+    run = {"losses": [1.0] * 60 + [1.5] * 25 + [1.0] * 95, "steps_per_epoch": spe,
+           "grown_epochs": [1], "pruned_epochs": []}
+    (b,) = quality_report.bumps(run, ref)
+    assert b["epoch"] == 1 and b["before"] == 0 and b["bump"] == pytest.approx(0.5)
+    # Linear in log FLOPs between neighbouring widths; None outside.
+    pts = [(1.0, 10.0), (100.0, 20.0)]
+    assert quality_report._front(pts, 10.0) == pytest.approx(15.0)
+    assert quality_report._front(pts, 1000.0) is None
+    assert quality_report.verdict({"mean": 0.01, "std": 0.001}) == "bump"
+    assert quality_report.verdict({"mean": -0.01, "std": 0.001}) == "improves"
+    assert quality_report.verdict({"mean": 0.001, "std": 0.01}) == "within noise"
 
 
 def _write_volume(path, key, image):
