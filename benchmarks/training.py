@@ -46,6 +46,9 @@ def quiet_lightning() -> None:
 def make_data(root: Path, spec: dict, seed: int = 0) -> Path:
     """Synthetic single-coil knee data under ``root`` (reused if complete).
 
+    ``spec``: ``train``, ``val``, ``num_slices``, ``recon_size`` and
+    optionally ``phantom`` (default ``ellipses``).
+
     Returns:
         The ``--data_path`` root (``root/knee``).
     """
@@ -59,7 +62,7 @@ def make_data(root: Path, spec: dict, seed: int = 0) -> Path:
     generate_dataset(root, challenges=("knee_singlecoil",), splits=("train", "val"),
                      num_volumes={"train": spec["train"], "val": spec["val"]},
                      num_slices=spec["num_slices"], recon_size=spec["recon_size"], seed=seed,
-                     overwrite=True)
+                     overwrite=True, phantom=spec.get("phantom", "ellipses"))
     marker.write_text(want)
     return knee
 
