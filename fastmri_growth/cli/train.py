@@ -760,7 +760,30 @@ def run(args: argparse.Namespace, module=None):
     return trainer
 
 
-def run_fault(err: BaseException) -> Optional[str]:
+class _QuietDiskFullThreads:
+    """A ``threading.excepthook`` that keeps a full disk in a logger's thread to one line.
+
+    TensorBoard writes its event file from a background thread; on a full
+    disk that thread dies with a traceback of its own, and the main thread
+    fails at its next write, which :func:`run_fault` reports. Other errors
+    in threads keep Python's default report.
+    """
+
+    def __init__(self):
+        import threading
+
+        self.previous = threading.excepthook
+        self.errors: List[BaseException] = []
+
+    def __call__(self, hook_args) -> None:
+        exc = hook_args.exc_value
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            self.errors.append(exc)
+            return
+        self.previous(hook_args)
+
+
+def run_fault(err: BaseException, root: Optional[Path] = None) -> Optional[str]:
     """The one-line message of a fault that stopped a run, or None for anything else.
 
     Faults are what the run met on the way, not bugs: a non-finite loss or
@@ -777,11 +800,14 @@ def run_fault(err: BaseException) -> Optional[str]:
         chain.append(e)
         e = e.__cause__ or e.__context__
     for e in reversed(chain):  # the first cause first
-        if isinstance(e, (NonFiniteError, CheckpointWriteError)):
+        if isinstance(e, CheckpointWriteError):
+            return " ".join(str(e.strerror or e).split())  # without "[Errno 28]"
+        if isinstance(e, NonFiniteError):
             return one_line(e)
     for e in reversed(chain):
         if isinstance(e, OSError) and e.errno == errno.ENOSPC:
-            where = f" writing {e.filename}" if e.filename else ""
+            where = f" writing {e.filename}" if e.filename else (
+                f" of --default_root_dir {root}" if root is not None else "")
             return (f"no space left on the device{where}; the checkpoints already written are "
                     "intact: free space, then run the same command again to resume from the "
                     "newest of them")
@@ -813,12 +839,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if reason:
             print(f"{PROG}: warning: this run will never grow: {reason}", file=sys.stderr,
                   flush=True)
-        run(args, module)
+        import threading
+
+        hook = threading.excepthook = _QuietDiskFullThreads()
+        try:
+            run(args, module)
+        finally:
+            threading.excepthook = hook.previous
     except UsageError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr, flush=True)
         return 2
     except Exception as err:
-        message = run_fault(err)
+        message = run_fault(err, getattr(args, "default_root_dir", None))
         if message is None:
             raise
         print(f"{PROG}: error: {message}", file=sys.stderr, flush=True)
