@@ -210,6 +210,19 @@ def test_nan_validation_data_stop_before_the_first_checkpoint(knee, tmp_path, ca
     assert not list(run.rglob("*.ckpt"))
 
 
+def test_nan_test_data_stop_before_their_reconstruction_is_written(trained, knee, tmp_path,
+                                                                    capfd):
+    root = tmp_path / "knee"
+    shutil.copytree(knee, root)
+    bad = poison(root, "test", index=0, slice_num=0)
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    code, out, err = run_main(["--mode", "test", "--data_path", root, "--default_root_dir", run,
+                               *TINY], capfd)
+    assert_fault(code, out, err, [f"non-finite reconstruction of {bad} slice 0"])
+    assert not (run / "reconstructions" / bad).exists()
+
+
 def test_skip_nonfinite_batches_trains_on_and_reports_them(poisoned, tmp_path, capfd):
     root, bad = poisoned
     run = tmp_path / "run"
@@ -402,6 +415,28 @@ def test_a_run_that_will_never_grow_says_so(knee, tmp_path, capfd):
                              str(tmp_path / "other"), "--max_epochs", "3", *TINY])
     train.validate_args(args)
     assert train_checks.never_grows_reason(args, train.prepare_module(args)) is None
+
+
+def test_varnet_pools_too_deep_for_the_kspace_grid(tmp_path, capfd):
+    from fastmri_growth.data.synthetic import generate_dataset
+
+    generate_dataset(tmp_path / "d", challenges=("knee_multicoil",), splits=("train", "val"),
+                     num_volumes=1, num_slices=1, recon_size=64, num_coils=2, seed=0)
+    with h5py.File(next((tmp_path / "d/knee/multicoil_train").glob("*.h5")), "r") as hf:
+        h, w = hf["kspace"].shape[-2:]
+    pad = (((h - 1) | 15) + 1, ((w - 1) | 15) + 1)  # NormUnet pads to multiples of 16
+    fits = train_checks.max_pool_layers(*pad)
+    base = ["--model-type", "dynamic_varnet", "--data_path", tmp_path / "d" / "knee",
+            "--default_root_dir", tmp_path / "run", "--num_cascades", "1", "--chans", "2",
+            "--sens_chans", "2", "--accelerator", "cpu", "--num_workers", "0",
+            "--use_dataset_cache_file", "false"]
+    for flags, bad in ((["--pools", str(fits + 1), "--sens_pools", "1"], "--pools"),
+                       (["--pools", "1", "--sens_pools", str(fits + 1)], "--sens_pools")):
+        code, out, err = run_main(base + flags, capfd)
+        assert code == 2 and len(err) == 1, err
+        assert f"{bad} {fits + 1} is too deep for the {pad[0]}x{pad[1]} k-space grids" in err[0]
+        assert f"pass {bad} {fits} or less" in err[0]
+    assert not (tmp_path / "run").exists()
 
 
 def test_max_pool_layers_matches_what_trains():

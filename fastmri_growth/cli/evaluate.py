@@ -249,6 +249,8 @@ def _run_leaderboard(args) -> int:
             "fractions; pass one --center-fractions value per acceleration"
         )
     _check_device(args.device)
+    if not args.checkpoint.is_file():
+        raise EvaluationError(f"checkpoint {args.checkpoint} does not exist; pass a .ckpt file")
     split = _check_leaderboard_data(args)
     network = _load_network(args.checkpoint)
     if model_input(network) == "kspace" and args.challenge != "multicoil":

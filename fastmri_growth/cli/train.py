@@ -27,8 +27,9 @@ k-space (``VarNetDataTransform``, ``--challenge multicoil`` only).
 Run layout under ``--default_root_dir``:
 
 - ``checkpoints/``: the best checkpoint by ``validation_loss`` and
-  ``last.ckpt``. Training resumes from the newest one automatically; test
-  mode loads it (or ``--ckpt_path``).
+  ``last.ckpt``, written atomically. Training resumes from the newest
+  usable one automatically (broken ones are skipped and named); test mode
+  loads it, or ``--ckpt last|best|PATH`` (or ``--ckpt_path``).
 - ``lightning_logs/version_N/``: TensorBoard logs.
 - ``csv_logs/version_N/metrics.csv``: the same metrics as CSV.
 - ``reconstructions/*.h5``: test-mode reconstructions in the leaderboard
@@ -522,8 +523,9 @@ def build_trainer(args: argparse.Namespace):
     :class:`~fastmri_growth.pl_modules.rng_state.RngState` (random states in
     every checkpoint) and writes checkpoints atomically
     (:class:`~fastmri_growth.pl_modules.checkpoint_io.AtomicCheckpointIO`).
-    A resumed run skips the sanity validation: it would draw from the
-    restored random state that the uninterrupted run used for training.
+    A resumed run skips the sanity validation (unless
+    ``--num_sanity_val_steps`` is given): it would draw from the restored
+    random state that the uninterrupted run used for training.
 
     Raises:
         UsageError: Lightning rejected a trainer flag (accelerator, precision, ...).
@@ -545,13 +547,13 @@ def build_trainer(args: argparse.Namespace):
     # Every flag of cli/trainer_flags.py, plus what this command controls.
     kwargs = {f.name: getattr(args, f.name) for f in trainer_flags()}
     kwargs["enable_progress_bar"] = progress
+    callbacks.append(FiniteGuard(skip=getattr(args, "skip_nonfinite_batches", False)))
     if args.mode == "train":
-        callbacks.append(FiniteGuard(skip=getattr(args, "skip_nonfinite_batches", False)))
         callbacks.append(RngState())
         callbacks.extend(checkpoint_callbacks(root / "checkpoints"))
         if not _given(args, "log_every_n_steps"):
             callbacks.append(_log_interval_callback())
-        if args.ckpt_path is not None:
+        if args.ckpt_path is not None and not _given(args, "num_sanity_val_steps"):
             kwargs["num_sanity_val_steps"] = 0
     loggers = [
         TensorBoardLogger(save_dir=str(root), name="lightning_logs"),
@@ -805,13 +807,27 @@ def run_fault(err: BaseException, root: Optional[Path] = None) -> Optional[str]:
         if isinstance(e, NonFiniteError):
             return one_line(e)
     for e in reversed(chain):
-        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
             where = f" writing {e.filename}" if e.filename else (
                 f" of --default_root_dir {root}" if root is not None else "")
-            return (f"no space left on the device{where}; the checkpoints already written are "
-                    "intact: free space, then run the same command again to resume from the "
-                    "newest of them")
+            what = "no space left on the device" if e.errno == errno.ENOSPC else \
+                "disk quota exceeded"
+            return (f"{what}{where}; the checkpoints already written are intact: free space, "
+                    "then run the same command again to resume from the newest of them")
+    for e in reversed(chain):
+        # The run folder became unwritable while the run went on (it was checked at the start).
+        if isinstance(e, OSError) and e.errno in (errno.EROFS, errno.EACCES, errno.EPERM) \
+                and e.filename and root is not None and _below(e.filename, root):
+            return (f"cannot write {e.filename} ({e.strerror}); the checkpoints already written "
+                    "are intact: make the folder writable, then run the same command again")
     return None
+
+
+def _below(path, root: Path) -> bool:
+    import os
+
+    path, root = os.path.abspath(str(path)), os.path.abspath(str(root))
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

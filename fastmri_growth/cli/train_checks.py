@@ -1,10 +1,15 @@
 """Checks of the training command's arguments: everything here runs before any file is written.
 
 :func:`validate_args` resolves the default paths (``fastmri_dirs.yaml`` as
-fastMRI's demo reads it), checks the mask and sample-rate flags, the data
-folders, and the checkpoint to resume or test, and raises
+fastMRI's demo reads it), checks the mask and sample-rate flags, growth
+flags the chosen schedule, method or prune schedule would ignore, the data
+folders, the run folder (writable), the checkpoint to resume or test (the
+newest usable one by default), the ``--init-from`` weights, and the
+pooling depth against the data's image size, and raises
 :class:`~fastmri_growth.cli.common.UsageError` with a message naming the
-fix. It reads files and writes none.
+fix. It reads files and writes none. :func:`check_free_space` and
+:func:`never_grows_reason` need the built module; the training command
+calls them before anything is written.
 """
 from __future__ import annotations
 

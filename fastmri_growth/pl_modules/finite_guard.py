@@ -18,7 +18,8 @@ weights are still the step's inputs) and every validation output, and either
   of stopping the run.
 
 Validation outputs are checked in both modes: a non-finite one stops the run
-before that validation's checkpoint is written.
+before that validation's checkpoint is written. Test outputs too, before the
+volume's reconstruction file is written.
 """
 from __future__ import annotations
 
@@ -84,10 +85,10 @@ class FiniteGuard(pl.Callback):
         """With ``skip``: growth and pruning score without non-finite batches."""
         if not self.skip:
             return
-        from .growth_callback import GrowthCallback
-
+        # A GrowthCallback by its methods: growth_callback imports this module.
         for cb in trainer.callbacks:
-            if isinstance(cb, GrowthCallback) and not getattr(cb, "_finite_batches_only", False):
+            if callable(getattr(cb, "grow", None)) and callable(getattr(cb, "prune_now", None)) \
+                    and not getattr(cb, "_finite_batches_only", False):
                 self._filter_scoring_batches(cb)
 
     def _filter_scoring_batches(self, cb) -> None:
@@ -170,6 +171,22 @@ class FiniteGuard(pl.Callback):
                     "data hold NaN or Inf, or the network diverged; no checkpoint was written "
                     "for this validation. Fix or remove the file"
                 )
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int,
+                          dataloader_idx: int = 0) -> None:
+        """Stops before a non-finite reconstruction reaches a submission file."""
+        output = outputs.get("output") if isinstance(outputs, dict) else outputs
+        if not torch.is_tensor(output) and output is not None:
+            try:  # fastMRI's test_step returns numpy
+                output = torch.as_tensor(output)
+            except (TypeError, ValueError, RuntimeError):
+                return
+        if torch.is_tensor(output) and output.is_floating_point() and \
+                not torch.isfinite(output).all():
+            raise NonFiniteError(
+                f"non-finite reconstruction of {describe_batch(batch)}: the test data hold NaN "
+                "or Inf, or the weights are not finite; its file was not written. Fix or remove "
+                "the file")
 
     def state_dict(self) -> dict:
         return {"skipped": list(self.skipped), "skipped_scoring": list(self.skipped_scoring)}
