@@ -302,6 +302,9 @@ def _bad_input_cases(tmp: Path, knee: Path, run: Path):
          ["--prune-interval applies to --prune-schedule interval, not epochs"]),
         ("prune flag without a prune schedule", data + fresh + ["--min-width", "2"],
          ["--min-width needs a --prune-schedule"]),
+        ("prune count under exchange", data + fresh + ["--prune-schedule", "exchange",
+                                                       "--prune-n", "2"],
+         ["--prune-n applies to --prune-schedule interval or epochs, not exchange"]),
         # 5. unwritable run folder; 8. a data path that is a file
         ("root dir below a file", data + ["--default_root_dir", str(afile / "run"), *TINY],
          [f"--default_root_dir {afile / 'run'}: {afile} is a file, not a folder"]),
@@ -417,25 +420,52 @@ def test_a_run_that_will_never_grow_says_so(knee, tmp_path, capfd):
     assert train_checks.never_grows_reason(args, train.prepare_module(args)) is None
 
 
-def test_varnet_pools_too_deep_for_the_kspace_grid(tmp_path, capfd):
+@pytest.fixture(scope="module")
+def multicoil(tmp_path_factory):
+    """One multicoil knee volume per split (train, val), one slice, two coils."""
     from fastmri_growth.data.synthetic import generate_dataset
 
-    generate_dataset(tmp_path / "d", challenges=("knee_multicoil",), splits=("train", "val"),
+    root = tmp_path_factory.mktemp("multicoil")
+    generate_dataset(root, challenges=("knee_multicoil",), splits=("train", "val"),
                      num_volumes=1, num_slices=1, recon_size=64, num_coils=2, seed=0)
-    with h5py.File(next((tmp_path / "d/knee/multicoil_train").glob("*.h5")), "r") as hf:
+    return root / "knee"
+
+
+def _varnet_argv(multicoil, run):
+    return ["--model-type", "dynamic_varnet", "--data_path", multicoil, "--default_root_dir",
+            run, "--accelerator", "cpu", "--num_workers", "0", "--use_dataset_cache_file",
+            "false"]
+
+
+def test_varnet_pools_too_deep_for_the_kspace_grid(multicoil, tmp_path, capfd):
+    with h5py.File(next((multicoil / "multicoil_train").glob("*.h5")), "r") as hf:
         h, w = hf["kspace"].shape[-2:]
     pad = (((h - 1) | 15) + 1, ((w - 1) | 15) + 1)  # NormUnet pads to multiples of 16
     fits = train_checks.max_pool_layers(*pad)
-    base = ["--model-type", "dynamic_varnet", "--data_path", tmp_path / "d" / "knee",
-            "--default_root_dir", tmp_path / "run", "--num_cascades", "1", "--chans", "2",
-            "--sens_chans", "2", "--accelerator", "cpu", "--num_workers", "0",
-            "--use_dataset_cache_file", "false"]
+    base = _varnet_argv(multicoil, tmp_path / "run") + [
+        "--num_cascades", "1", "--chans", "2", "--sens_chans", "2"]
     for flags, bad in ((["--pools", str(fits + 1), "--sens_pools", "1"], "--pools"),
                        (["--pools", "1", "--sens_pools", str(fits + 1)], "--sens_pools")):
         code, out, err = run_main(base + flags, capfd)
         assert code == 2 and len(err) == 1, err
         assert f"{bad} {fits + 1} is too deep for the {pad[0]}x{pad[1]} k-space grids" in err[0]
         assert f"pass {bad} {fits} or less" in err[0]
+    assert not (tmp_path / "run").exists()
+
+
+def test_init_from_a_fastmri_varnet_state_dict(multicoil, tmp_path):
+    from fastmri.models import VarNet
+
+    torch.manual_seed(5)
+    varnet = VarNet(num_cascades=2, sens_chans=2, sens_pools=1, chans=3, pools=2)
+    torch.save(varnet.state_dict(), tmp_path / "varnet.pt")
+    args = train.parse_args([str(a) for a in _varnet_argv(multicoil, tmp_path / "run") + [
+        "--init-from", tmp_path / "varnet.pt"]])
+    train.validate_args(args)
+    assert (args.num_cascades, args.chans, args.pools, args.sens_chans, args.sens_pools) == (
+        2, 3, 2, 2, 1)  # the architecture follows the file
+    module = train.prepare_module(args)
+    assert max_weight_diff(module.varnet.state_dict(), varnet.state_dict()) == 0.0
     assert not (tmp_path / "run").exists()
 
 

@@ -816,10 +816,15 @@ PRUNE_FLAGS = {
     "prune_interval": ("interval",),
     "prune_start_epoch": ("interval",),
     "prune_epochs": ("epochs",),
+    # exchange removes as many filters as each growth event adds
+    "prune_n": ("interval", "epochs"),
+    "prune_fraction": ("interval", "epochs"),
     "prune_criterion": None,
     "prune_sites": None,
     "min_width": None,
 }
+#: Prune flags whose use without a prune schedule the module reports itself.
+PRUNE_FLAGS_MODULE_CHECKS = ("prune_n", "prune_fraction", "prune_epochs", "prune_sites")
 
 
 def _spell(name: str) -> str:
@@ -864,6 +869,8 @@ def check_growth_flags(args: argparse.Namespace) -> None:
         if name not in given:
             continue
         if prune is None:
+            if name in PRUNE_FLAGS_MODULE_CHECKS:
+                continue
             raise UsageError(f"{_spell(name)} needs a --prune-schedule (interval, epochs or "
                              "exchange); pass one or drop the flag")
         if kinds is not None and prune not in kinds:
