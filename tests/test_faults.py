@@ -6,6 +6,7 @@ in ``tests/test_train_faults.py``.
 
 import errno
 import random
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -122,12 +123,15 @@ def test_top_k_checkpoint_removes_its_stale_files(poisoned, tmp_path):
                                                   use_seed=True),
                       raw_sample_filter=lambda s: s.slice_ind == 0)  # the NaN slice is 1
     module = DynamicUnetModule(chans=2, num_pool_layers=2, max_growth_steps=0)
-    ck = TopKCheckpoint(dirpath=ckdir, monitor="train_loss", save_top_k=1)
+    ck = TopKCheckpoint(dirpath=ckdir, monitor="loss", save_top_k=1)  # the training loss
     t = trainer(tmp_path, 3, [ck], plugins=[AtomicCheckpointIO()])
     t.fit(module, DataLoader(ds, batch_size=1))
     names = sorted(p.name for p in ckdir.iterdir())
-    assert len([n for n in names if n.startswith("epoch=")]) == 1
+    epochs = [n for n in names if n.startswith("epoch=")]
+    assert epochs == [Path(ck.best_model_path).name], names  # the stale file is gone
     assert "notes.txt" in names and not any(n.endswith(".partial") for n in names)
+    # Its state resumes under ModelCheckpoint's key, as checkpoints written before it did.
+    assert ck.state_key.startswith("ModelCheckpoint{'monitor': 'loss'")
 
 
 # ---------------------------------------------------------------- random states

@@ -1,27 +1,48 @@
 """Checkpoint files of a training run: finding, reading and writing them.
 
-Used by the training command (automatic resume, test mode) and by anything
-that has to tell which module wrote a checkpoint before loading it.
+Used by the training command (automatic resume, test mode, ``--init-from``)
+and by anything that has to tell which module wrote a checkpoint before
+loading it.
+
+A run folder can hold broken checkpoints: a file truncated by a full disk
+or a kill under an older version (checkpoints are written atomically now,
+see :mod:`fastmri_growth.pl_modules.checkpoint_io`), or one whose weights
+are NaN (written before the non-finite guard existed). Automatic resume and
+test mode take the newest checkpoint that reads and holds finite weights,
+and say which ones they skipped (:func:`newest_usable_checkpoint`).
 """
 from __future__ import annotations
 
+import os
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from fastmri_growth.cli.common import UsageError
+
+
+def checkpoint_files(checkpoint_dir: Path) -> List[Path]:
+    """The ``*.ckpt`` files of a folder, newest first.
+
+    Ordered by modification time; ties go to ``last*.ckpt`` (it is written
+    right after the best one).
+    """
+    if not checkpoint_dir.is_dir():
+        return []
+    ckpts = [p for p in checkpoint_dir.glob("*.ckpt") if p.is_file()]
+    return sorted(ckpts, key=lambda p: (p.stat().st_mtime_ns, p.name.startswith("last")),
+                  reverse=True)
 
 
 def newest_checkpoint(checkpoint_dir: Path) -> Optional[Path]:
     """The most recently written ``*.ckpt`` in a folder, as fastMRI's demo picks it.
 
-    Ties go to ``last*.ckpt`` (it is written right after the best one).
+    Ties go to ``last*.ckpt`` (it is written right after the best one). The
+    file is not read: :func:`newest_usable_checkpoint` also skips broken ones.
     """
-    if not checkpoint_dir.is_dir():
-        return None
-    ckpts = [p for p in checkpoint_dir.glob("*.ckpt") if p.is_file()]
-    if not ckpts:
-        return None
-    return max(ckpts, key=lambda p: (p.stat().st_mtime_ns, p.name.startswith("last")))
+    files = checkpoint_files(checkpoint_dir)
+    return files[0] if files else None
 
 
 def read_checkpoint(path: Path) -> Any:
@@ -46,6 +67,146 @@ def read_checkpoint(path: Path) -> Any:
         ) from None
 
 
+def nonfinite_tensors(state_dict: Mapping[str, Any]) -> List[str]:
+    """The keys of a state dict's floating-point tensors that hold NaN or Inf."""
+    import torch
+
+    return [k for k, v in state_dict.items()
+            if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
+
+
+def checkpoint_problem(ckpt: Any) -> Optional[str]:
+    """Why a loaded checkpoint cannot be resumed or tested (None when it can).
+
+    A Lightning checkpoint is a dict with a ``state_dict``; weights with NaN
+    or Inf come from a run that trained on broken data or diverged.
+    """
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), Mapping):
+        return "not a Lightning checkpoint (no 'state_dict')"
+    bad = nonfinite_tensors(ckpt["state_dict"])
+    if bad:
+        return f"{len(bad)} weight tensor(s) hold NaN or Inf (first: {bad[0]})"
+    return None
+
+
+@dataclass
+class FoundCheckpoint:
+    """The checkpoint automatic resume or test mode picked, and what it passed over.
+
+    Attributes:
+        path: The checkpoint (None: the folder holds no usable one).
+        loaded: Its contents (tensors memory-mapped).
+        skipped: ``(path, reason)`` of the newer files that were broken.
+    """
+
+    path: Optional[Path] = None
+    loaded: Any = None
+    skipped: List[Tuple[Path, str]] = field(default_factory=list)
+
+    def skipped_note(self) -> Optional[str]:
+        """One line naming the skipped files and why (None if none were)."""
+        if not self.skipped:
+            return None
+        parts = "; ".join(f"{p.name} ({why})" for p, why in self.skipped)
+        target = f"using {self.path.name}" if self.path is not None else "none is usable"
+        return (f"note: skipped broken checkpoint(s) in {self.skipped[0][0].parent}: {parts}; "
+                f"{target} (move the broken files out to silence this)")
+
+
+def _reason(err: UsageError) -> str:
+    text = str(err)
+    inner = re.search(r"\((.*)\); pass another", text)
+    return inner.group(1) if inner else text
+
+
+def newest_usable_checkpoint(checkpoint_dir: Path) -> FoundCheckpoint:
+    """The newest checkpoint of a folder that reads and holds finite weights.
+
+    Broken files (unreadable, truncated, not a Lightning checkpoint, NaN
+    weights) are skipped and listed; nothing is moved or deleted.
+    """
+    found = FoundCheckpoint()
+    for path in checkpoint_files(checkpoint_dir):
+        try:
+            loaded = read_checkpoint(path)
+        except UsageError as err:
+            found.skipped.append((path, _reason(err)))
+            continue
+        problem = checkpoint_problem(loaded)
+        if problem is not None:
+            found.skipped.append((path, problem))
+            continue
+        found.path, found.loaded = path, loaded
+        break
+    return found
+
+
+def best_checkpoint_path(checkpoint_dir: Path, loaded_last: Any = None) -> Optional[Path]:
+    """The run's best checkpoint by ``validation_loss`` (``--ckpt best``).
+
+    Taken from the state of the monitoring checkpoint callback stored in a
+    checkpoint of the run (``last.ckpt`` knows the best path; it is looked up
+    in ``checkpoint_dir`` by name, so a moved run folder still works); else
+    the only ``epoch=*.ckpt`` file of the folder.
+
+    Args:
+        checkpoint_dir: ``DEFAULT_ROOT_DIR/checkpoints``.
+        loaded_last: ``last.ckpt`` already loaded, if the caller has it.
+    """
+    if loaded_last is None and (checkpoint_dir / "last.ckpt").is_file():
+        try:
+            loaded_last = read_checkpoint(checkpoint_dir / "last.ckpt")
+        except UsageError:
+            loaded_last = None
+    states = (loaded_last or {}).get("callbacks") or {} if isinstance(loaded_last, dict) else {}
+    for key, state in states.items():
+        if not (isinstance(state, dict) and state.get("monitor") == "validation_loss"):
+            continue
+        best = state.get("best_model_path")
+        if best:
+            candidate = checkpoint_dir / Path(best).name
+            if candidate.is_file():
+                return candidate
+    epochs = [p for p in checkpoint_dir.glob("epoch=*.ckpt") if p.is_file()]
+    return epochs[0] if len(epochs) == 1 else None
+
+
+def remove_partial_files(checkpoint_dir: Path) -> List[Path]:
+    """Delete temporary checkpoint files that a killed process left behind.
+
+    :class:`~fastmri_growth.pl_modules.checkpoint_io.AtomicCheckpointIO`
+    writes ``.NAME.PID.partial`` beside each checkpoint and renames it when
+    complete; a kill -9 during the write leaves it. Files of a process that
+    is still running are kept.
+
+    Returns:
+        The removed files.
+    """
+    removed = []
+    if not checkpoint_dir.is_dir():
+        return removed
+    for p in checkpoint_dir.glob(".*.partial"):
+        m = re.match(r"^\..+\.(\d+)\.partial$", p.name)
+        if m is None or not p.is_file():
+            continue
+        pid = int(m.group(1))
+        if pid != os.getpid() and _pid_alive(pid):
+            continue
+        p.unlink(missing_ok=True)
+        removed.append(p)
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def stored_model_type(ckpt: Any) -> Optional[str]:
     """The ``--model-type`` whose module wrote a checkpoint.
 
@@ -59,6 +220,23 @@ def stored_model_type(ckpt: Any) -> Optional[str]:
     return checkpoint_model_type(ckpt)
 
 
+def next_epoch(ckpt: Any) -> int:
+    """The epoch a run resumed from ``ckpt`` starts with.
+
+    The run's checkpoints are written at the end of an epoch's validation,
+    so training resumes with the following epoch (Lightning reads the loop
+    state the same way); a checkpoint of a mid-epoch validation resumes in
+    its own epoch.
+    """
+    epoch = int(ckpt.get("epoch", 0)) if isinstance(ckpt, dict) else 0
+    try:
+        progress = ckpt["loops"]["fit_loop"]["epoch_loop.batch_progress"]
+        finished = bool(progress.get("is_last_batch", True))
+    except (KeyError, TypeError):
+        finished = True
+    return epoch + 1 if finished else epoch
+
+
 def checkpoint_callbacks(checkpoint_dir: Path) -> list:
     """fastMRI's checkpointing: the best epoch by ``validation_loss``, plus ``last.ckpt``.
 
@@ -67,13 +245,18 @@ def checkpoint_callbacks(checkpoint_dir: Path) -> list:
     an epoch that is not the best (often the one right after growth) would
     be missing from it, and resuming would repeat epochs. The second
     callback has no monitor and rewrites ``last.ckpt`` after every epoch.
+    The first is a :class:`~fastmri_growth.pl_modules.checkpoint_io.TopKCheckpoint`:
+    ``epoch=*.ckpt`` files that are no longer the best (left by a resumed or
+    interrupted run) are deleted, so top-1 means one file.
 
     Args:
         checkpoint_dir: Folder for both (``DEFAULT_ROOT_DIR/checkpoints``).
     """
     from pytorch_lightning.callbacks import ModelCheckpoint
 
-    best = ModelCheckpoint(
+    from fastmri_growth.pl_modules.checkpoint_io import TopKCheckpoint
+
+    best = TopKCheckpoint(
         dirpath=checkpoint_dir,
         save_top_k=1,
         verbose=True,
@@ -90,3 +273,116 @@ def checkpoint_callbacks(checkpoint_dir: Path) -> list:
         enable_version_counter=False,
     )
     return [best, last]
+
+
+# ---------------------------------------------------------------------------
+# --init-from: weights of a trained network as the starting point
+# ---------------------------------------------------------------------------
+
+#: The state-dict prefix of each model type's network inside its LightningModule.
+NETWORK_PREFIX = {"unet": "unet.", "dynamic_unet": "unet.",
+                  "varnet": "varnet.", "dynamic_varnet": "varnet."}
+
+
+@dataclass
+class InitWeights:
+    """The weights ``--init-from`` starts a run from.
+
+    Attributes:
+        path: The file.
+        state_dict: The network's weights, keys without the module prefix
+            (``down_sample_layers.0...`` for a U-Net, ``cascades.0...`` for a VarNet).
+        architecture: The constructor arguments they imply (``chans``,
+            ``num_pool_layers``, ... or ``num_cascades``, ``pools``, ...).
+    """
+
+    path: Path
+    state_dict: Dict[str, Any]
+    architecture: Dict[str, int]
+
+
+def read_init_weights(path: Path, model_type: str) -> InitWeights:
+    """Read the network weights of ``--init-from``.
+
+    Accepts a Lightning checkpoint (fastMRI's ``UnetModule`` / ``VarNetModule``
+    or this package's modules: the ``unet.`` / ``varnet.`` weights are taken)
+    or a bare state dict such as fastMRI's public pretrained files.
+
+    Args:
+        path: The file.
+        model_type: The run's ``--model-type`` (which network to look for).
+
+    Raises:
+        UsageError: the file is missing or unreadable, holds no such network,
+            or its weights are not finite.
+    """
+    import torch
+
+    kind = "VarNet" if model_type in ("varnet", "dynamic_varnet") else "U-Net"
+    if not Path(path).is_file():
+        raise UsageError(f"--init-from {path} is not a file; pass a checkpoint or state dict file")
+    try:
+        obj = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+    except Exception:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as err:
+            first = str(err).splitlines()[0] if str(err) else ""
+            raise UsageError(f"cannot read --init-from {path} ({type(err).__name__}: {first}); "
+                             "pass a checkpoint (.ckpt) or a torch.save'd state dict") from None
+    state = obj.get("state_dict") if isinstance(obj, dict) and isinstance(
+        obj.get("state_dict"), Mapping) else obj
+    if not isinstance(state, Mapping) or not any(torch.is_tensor(v) for v in state.values()):
+        raise UsageError(f"--init-from {path} holds no state dict (a mapping of weight tensors); "
+                         "pass a checkpoint (.ckpt) or a torch.save'd state dict")
+    prefix = NETWORK_PREFIX[model_type]
+    if any(str(k).startswith(prefix) for k in state):
+        state = {str(k)[len(prefix):]: v for k, v in state.items() if str(k).startswith(prefix)}
+    else:
+        state = {str(k): v for k, v in state.items()}
+    try:
+        if kind == "VarNet":
+            from fastmri_growth.models import varnet_architecture_from_state_dict
+
+            arch = varnet_architecture_from_state_dict(state)
+            architecture = {k: int(arch[k]) for k in
+                            ("num_cascades", "pools", "chans", "sens_pools", "sens_chans")}
+        else:
+            from fastmri_growth.models import architecture_from_state_dict
+
+            arch = architecture_from_state_dict(state)
+            architecture = {k: int(arch[k]) for k in ("in_chans", "out_chans", "num_pool_layers")}
+            architecture["chans"] = int(arch["widths"]["down_0"]["conv1_out"])
+    except (ValueError, KeyError, TypeError, IndexError) as err:
+        msg = " ".join(str(err).split())
+        raise UsageError(f"--init-from {path} holds no {kind} for --model-type {model_type} "
+                         f"({msg})") from None
+    bad = nonfinite_tensors(state)
+    if bad:
+        raise UsageError(f"--init-from {path}: {len(bad)} weight tensor(s) hold NaN or Inf "
+                         f"(first: {bad[0]}); pass weights of a run that did not diverge")
+    return InitWeights(Path(path), dict(state), architecture)
+
+
+def apply_init_weights(module: Any, init: InitWeights, model_type: str) -> None:
+    """Load ``--init-from`` weights into a freshly built module's network.
+
+    A growing network first takes the file's widths (a grown state dict
+    works too); a budget schedule's targets are then recomputed from them.
+
+    Raises:
+        UsageError: the weights do not load into the network.
+    """
+    attr = NETWORK_PREFIX[model_type][:-1]
+    net = getattr(module, attr)
+    try:
+        if hasattr(net, "resize_from_state_dict"):
+            net.resize_from_state_dict(init.state_dict)
+        net.load_state_dict(init.state_dict, strict=True)
+        callback = getattr(module, "growth_callback", None)
+        if callback is not None and callback.schedule.kind == "budget":
+            callback.schedule.state.pop("budget", None)
+            callback.prepare(net)
+    except (ValueError, RuntimeError, KeyError) as err:
+        msg = " ".join(str(err).split())
+        raise UsageError(f"cannot start from --init-from {init.path} ({msg[:300]})") from None

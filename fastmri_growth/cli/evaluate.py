@@ -160,6 +160,12 @@ def _load_network(checkpoint: Path):
     for attr in ("varnet", "unet"):
         network = getattr(module, attr, None)
         if network is not None:
+            bad = [n for n, p in network.named_parameters() if not p.isfinite().all()]
+            if bad:
+                raise EvaluationError(
+                    f"checkpoint {checkpoint}: {len(bad)} weight tensor(s) hold NaN or Inf "
+                    f"(first: {bad[0]}); its reconstructions would be NaN: pass a checkpoint "
+                    "of a run that did not diverge")
             return network
     raise EvaluationError(
         f"checkpoint {checkpoint} holds {type(module).__name__}, which has no .unet or "
@@ -178,8 +184,64 @@ def _check_device(device: str) -> None:
         raise EvaluationError(f"--device {device}: CUDA is not available here; use --device cpu")
 
 
+def _check_leaderboard_data(args) -> Path:
+    """The split folder to validate on, checked as the training command checks its data.
+
+    Leaderboard validation under-samples fully sampled files with fixed masks
+    and compares with their targets: every file must hold k-space of the
+    challenge's rank and the challenge's target (a val or train split).
+
+    Raises:
+        EvaluationError: naming the file and the fix; nothing is written.
+    """
+    from fastmri_growth.cli.train_checks import check_writable_folder
+    from fastmri_growth.cli.common import UsageError
+    from fastmri_growth.data.fastmri_format import TARGET_KEYS, check_split_dir
+    from fastmri_growth.evaluation.inference import resolve_split_dir
+
+    try:
+        split = resolve_split_dir(args.data_path, args.challenge)
+        files = check_split_dir(split, args.challenge, what="--data-path")
+    except ValueError as err:
+        raise EvaluationError(str(err)) from None
+    import h5py
+
+    key = TARGET_KEYS[args.challenge]
+    for f in files:
+        with h5py.File(f, "r") as hf:
+            if key not in hf:
+                sampled = "an under-sampled test/challenge file" if "mask" in hf else "no target"
+                raise EvaluationError(
+                    f"{f} holds no {key!r} target ({sampled}): leaderboard validation "
+                    "under-samples fully sampled data with fixed masks and compares with the "
+                    "targets; pass a val split (for test/challenge data use "
+                    "fastmri-growth-train --mode test and check-submission)")
+    try:
+        check_writable_folder(args.out, f"--out {args.out}", "pass a writable --out folder")
+    except UsageError as err:
+        raise EvaluationError(str(err)) from None
+    return split
+
+
+def _check_network_fits(network, split: Path, challenge: str) -> None:
+    """A U-Net's pooling depth against the images of the split's first file."""
+    from fastmri_growth.cli.train_checks import _unet_input_size, max_pool_layers
+
+    pools = getattr(network, "num_pool_layers", None)
+    if not isinstance(pools, int):
+        return
+    first = sorted(p for p in split.iterdir() if p.suffix == ".h5")[0]
+    size = _unet_input_size(first, challenge)
+    fits = max_pool_layers(*size)
+    if pools > fits:
+        raise EvaluationError(
+            f"the checkpoint's U-Net has {pools} poolings, too many for the "
+            f"{size[0]}x{size[1]} images of {first} (at most {fits}); pass data of the size "
+            "it was trained on")
+
+
 def _run_leaderboard(args) -> int:
-    from fastmri_growth.evaluation.inference import leaderboard_validation
+    from fastmri_growth.evaluation.inference import leaderboard_validation, model_input
 
     if len(args.accelerations) != len(args.center_fractions):
         raise EvaluationError(
@@ -187,11 +249,21 @@ def _run_leaderboard(args) -> int:
             "fractions; pass one --center-fractions value per acceleration"
         )
     _check_device(args.device)
+    if not args.checkpoint.is_file():
+        raise EvaluationError(f"checkpoint {args.checkpoint} does not exist; pass a .ckpt file")
+    split = _check_leaderboard_data(args)
     network = _load_network(args.checkpoint)
+    if model_input(network) == "kspace" and args.challenge != "multicoil":
+        raise EvaluationError(
+            f"checkpoint {args.checkpoint} holds a VarNet, which reconstructs multicoil k-space, "
+            f"but --challenge is {args.challenge}; pass --challenge multicoil and a multicoil "
+            "val split")
+    if model_input(network) == "image":
+        _check_network_fits(network, split, args.challenge)
     try:
         results = leaderboard_validation(
             network,
-            args.data_path,
+            split,
             args.challenge,
             args.out,
             accelerations=args.accelerations,

@@ -27,30 +27,42 @@ k-space (``VarNetDataTransform``, ``--challenge multicoil`` only).
 Run layout under ``--default_root_dir``:
 
 - ``checkpoints/``: the best checkpoint by ``validation_loss`` and
-  ``last.ckpt``. Training resumes from the newest one automatically; test
-  mode loads it (or ``--ckpt_path``).
+  ``last.ckpt``, written atomically. Training resumes from the newest
+  usable one automatically (broken ones are skipped and named); test mode
+  loads it, or ``--ckpt last|best|PATH`` (or ``--ckpt_path``).
 - ``lightning_logs/version_N/``: TensorBoard logs.
 - ``csv_logs/version_N/metrics.csv``: the same metrics as CSV.
 - ``reconstructions/*.h5``: test-mode reconstructions in the leaderboard
   format (one file per volume, dataset ``reconstruction``).
 
 Bad input (missing or malformed data, inconsistent mask flags, no checkpoint
-to test, unknown growth layers, ...) is reported before anything is built or
-written: one line on stderr and exit status 2.
+to test, unknown growth layers, flags the chosen schedule would ignore, a
+U-Net too deep for the images, an unwritable or full run folder, ...) is
+reported before anything is built or written: one line on stderr and exit
+status 2. A run that stops on a fault while training (a non-finite loss or
+gradient, naming the file and slice; a full disk while writing a checkpoint)
+prints one line on stderr and exits with status 1; the checkpoints already
+written are intact, and the same command resumes from the newest usable one.
 """
 
 
 from __future__ import annotations
 
 import argparse
+import errno
+import logging
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Type
 
 from fastmri_growth.cli.checkpoints import (  # noqa: F401  (re-exported: the CLI's API)
+    apply_init_weights,
     checkpoint_callbacks,
     newest_checkpoint,
+    newest_usable_checkpoint,
     read_checkpoint,
+    remove_partial_files,
     stored_model_type,
 )
 from fastmri_growth.cli.common import (
@@ -70,7 +82,9 @@ from fastmri_growth.cli.train_checks import (  # noqa: F401  (re-exported: the C
     MODEL_TYPES,
     check_data,
     check_mask_args,
+    check_free_space,
     check_sample_rates,
+    never_grows_reason,
     resolve_checkpoint,
     resolve_paths,
     validate_args,
@@ -199,6 +213,44 @@ def _add_run_args(parser: argparse.ArgumentParser, model_type: str) -> None:
             "Folder for checkpoints, logs and reconstructions; default: "
             f"LOG_PATH/MODEL_TYPE/MODEL_TYPE_demo, LOG_PATH being log_path from "
             f"./{DIRS_CONFIG}, else ."
+        ),
+    )
+    group.add_argument(
+        "--ckpt",
+        default=None,
+        metavar="{last,best,PATH}",
+        help=(
+            "Test mode: the weights to test: last (checkpoints/last.ckpt), best (the best "
+            "validation_loss) or a checkpoint file; default: the newest usable checkpoint "
+            "of the run (last.ckpt after a completed run)"
+        ),
+    )
+    group.add_argument(
+        "--init-from",
+        "--init_from",
+        dest="init_from",
+        default=None,
+        type=Path,
+        metavar="CKPT_OR_STATE_DICT",
+        help=(
+            "Start training from these weights: a Lightning checkpoint (fastMRI's UnetModule "
+            "or VarNetModule, or this package's) or a bare state dict (fastMRI's pretrained "
+            "files); the architecture flags follow the file. A growing model type grows from "
+            "them. Ignored when the run folder holds a checkpoint to resume"
+        ),
+    )
+    group.add_argument(
+        "--skip-nonfinite-batches",
+        "--skip_nonfinite_batches",
+        dest="skip_nonfinite_batches",
+        default=False,
+        type=str2bool,
+        nargs="?",
+        const=True,
+        metavar="BOOL",
+        help=(
+            "Skip training batches whose loss or gradient is NaN or Inf (counted, and named "
+            "at the end of each epoch) instead of stopping at the first one"
         ),
     )
 
@@ -369,6 +421,27 @@ def load_trained_module(ckpt: Path):
         ) from None
 
 
+def prepare_module(args: argparse.Namespace):
+    """Seed, then the module to train (with ``--init-from`` weights) or the one to test.
+
+    Seeding comes first, as in fastMRI's demo, so ``--seed`` also fixes the
+    initial weights. Nothing is written.
+
+    Raises:
+        UsageError: a rejected model option, or weights that do not load.
+    """
+    import pytorch_lightning as pl
+
+    pl.seed_everything(args.seed, verbose=False)
+    if args.mode != "train":
+        return load_trained_module(args.ckpt_path)
+    module = build_module(args)
+    init = getattr(args, "init_weights", None)
+    if init is not None:
+        apply_init_weights(module, init, args.model_type)
+    return module
+
+
 def uses_distributed_sampler(trainer) -> bool:
     """Whether the data loaders must shard the data across processes.
 
@@ -382,8 +455,77 @@ def uses_distributed_sampler(trainer) -> bool:
     )
 
 
+def _given(args: argparse.Namespace, name: str) -> bool:
+    return name in getattr(args, "given_flags", set())
+
+
+def progress_bar_on(args: argparse.Namespace) -> bool:
+    """``--enable_progress_bar``; when not given, on only if stdout is a terminal.
+
+    In a captured log, a progress bar is one long line of carriage returns
+    that growth and checkpoint lines end up inside.
+    """
+    if _given(args, "enable_progress_bar"):
+        return bool(args.enable_progress_bar)
+    isatty = getattr(sys.stdout, "isatty", None)
+    return bool(args.enable_progress_bar) and bool(isatty and isatty())
+
+
+def _log_interval_callback():
+    """A callback that lowers ``log_every_n_steps`` to the epoch's length when that is shorter.
+
+    Lightning's default of 50 steps logs nothing per step in a short epoch
+    (and warns); this logs at least once per epoch.
+    """
+    import pytorch_lightning as pl
+
+    class FitLogInterval(pl.Callback):
+        def on_train_start(self, trainer, pl_module) -> None:
+            n = trainer.num_training_batches
+            if isinstance(n, int) and 0 < n < trainer.log_every_n_steps:
+                trainer.log_every_n_steps = n
+
+    return FitLogInterval()
+
+
+class _DropTips(logging.Filter):
+    """Drops Lightning's advertising ("Tip: For seamless cloud logging ...")."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tip:" not in str(record.getMessage())
+
+
+def quiet_lightning(args: argparse.Namespace) -> None:
+    """Silence the Lightning output that tells the user nothing about their run.
+
+    Lightning's advertising tips, a deprecation inside Lightning itself,
+    its guess of the batch size for the growth callback's epoch-level
+    values, and (when ``--log_every_n_steps`` was not given, since it is
+    then fitted to the epoch) the warning about short epochs.
+    """
+    for name in ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero"):
+        log = logging.getLogger(name)
+        if not any(isinstance(f, _DropTips) for f in log.filters):
+            log.addFilter(_DropTips())
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    warnings.filterwarnings("ignore", message=r"Trying to infer the `batch_size`")
+    if not _given(args, "log_every_n_steps"):
+        warnings.filterwarnings(
+            "ignore", message=r"The number of training batches .* is smaller than the logging")
+
+
 def build_trainer(args: argparse.Namespace):
-    """The Lightning trainer: checkpoints, TensorBoard + CSV loggers, progress bar.
+    """The Lightning trainer: checkpoints, TensorBoard + CSV loggers, progress bar, fault guards.
+
+    Training adds :class:`~fastmri_growth.pl_modules.finite_guard.FiniteGuard`
+    (stop, or skip with ``--skip-nonfinite-batches``, at a non-finite loss or
+    gradient before it reaches the weights or a checkpoint),
+    :class:`~fastmri_growth.pl_modules.rng_state.RngState` (random states in
+    every checkpoint) and writes checkpoints atomically
+    (:class:`~fastmri_growth.pl_modules.checkpoint_io.AtomicCheckpointIO`).
+    A resumed run skips the sanity validation (unless
+    ``--num_sanity_val_steps`` is given): it would draw from the restored
+    random state that the uninterrupted run used for training.
 
     Raises:
         UsageError: Lightning rejected a trainer flag (accelerator, precision, ...).
@@ -393,24 +535,37 @@ def build_trainer(args: argparse.Namespace):
     from pytorch_lightning.callbacks import TQDMProgressBar
     from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
+    from fastmri_growth.pl_modules.checkpoint_io import AtomicCheckpointIO
+    from fastmri_growth.pl_modules.finite_guard import FiniteGuard
+    from fastmri_growth.pl_modules.rng_state import RngState
+
     root = Path(args.default_root_dir)
     callbacks: List[Any] = []
-    if args.enable_progress_bar:
+    progress = progress_bar_on(args)
+    if progress:
         callbacks.append(TQDMProgressBar())
+    # Every flag of cli/trainer_flags.py, plus what this command controls.
+    kwargs = {f.name: getattr(args, f.name) for f in trainer_flags()}
+    kwargs["enable_progress_bar"] = progress
+    callbacks.append(FiniteGuard(skip=getattr(args, "skip_nonfinite_batches", False)))
     if args.mode == "train":
+        callbacks.append(RngState())
         callbacks.extend(checkpoint_callbacks(root / "checkpoints"))
+        if not _given(args, "log_every_n_steps"):
+            callbacks.append(_log_interval_callback())
+        if args.ckpt_path is not None and not _given(args, "num_sanity_val_steps"):
+            kwargs["num_sanity_val_steps"] = 0
     loggers = [
         TensorBoardLogger(save_dir=str(root), name="lightning_logs"),
         CSVLogger(save_dir=str(root), name="csv_logs"),
     ]
-    # Every flag of cli/trainer_flags.py, plus what this command controls.
-    kwargs = {f.name: getattr(args, f.name) for f in trainer_flags()}
     try:
         return pl.Trainer(
             **kwargs,
             default_root_dir=str(root),
             callbacks=callbacks,
             logger=loggers,
+            plugins=[AtomicCheckpointIO()],
             # Keep fastMRI's samplers (VolumeSampler sends whole volumes to
             # one rank for validation); the data module makes them.
             use_distributed_sampler=False,
@@ -447,11 +602,18 @@ def cap_num_workers(requested: int, cpus: Optional[int] = None):
     )
 
 
-def build_data_module(args: argparse.Namespace, distributed_sampler: bool):
-    """FastMriDataModule with the demo's transforms for the model type (see :func:`data_transforms`)."""
+def build_data_module(args: argparse.Namespace, distributed_sampler: bool, rank: int = 0):
+    """FastMriDataModule with the demo's transforms for the model type (see :func:`data_transforms`).
+
+    The training masks' random generator is seeded from ``--seed`` (plus
+    the process's rank): fastMRI seeds it from the operating system, so two
+    identical runs trained on different masks. Validation masks are seeded
+    per file and leave it untouched.
+    """
     from fastmri.data.subsample import create_mask_for_mask_type
 
     mask = create_mask_for_mask_type(args.mask_type, args.center_fractions, args.accelerations)
+    mask.rng.seed((int(args.seed) + int(rank)) % (2 ** 32))
     train_transform, val_transform, test_transform = data_transforms(
         args.model_type, args.challenge, mask)
     cls = data_module_class()
@@ -498,6 +660,15 @@ def validation_summary(metrics: Dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
+def _finite_guard(trainer):
+    from fastmri_growth.pl_modules.finite_guard import FiniteGuard
+
+    for cb in trainer.callbacks:
+        if isinstance(cb, FiniteGuard):
+            return cb
+    return None
+
+
 def _print_summary(args: argparse.Namespace, trainer) -> None:
     root = Path(args.default_root_dir)
     lines = [f"\n{PROG} ({args.mode}, {args.model_type}) outputs under {root}:"]
@@ -513,6 +684,13 @@ def _print_summary(args: argparse.Namespace, trainer) -> None:
         last = validation_summary(trainer.callback_metrics)
         if last:
             lines.append(f"  last validation:  {last}")
+        guard = _finite_guard(trainer)
+        if guard is not None and (guard.skipped or guard.skipped_scoring):
+            from fastmri_growth.pl_modules.finite_guard import summarize
+
+            lines.append(f"  skipped batches:  {len(guard.skipped)} training step(s) with "
+                         f"non-finite gradients ({summarize(guard.skipped) or 'none'}), "
+                         f"{len(guard.skipped_scoring)} growth scoring batch(es)")
     else:
         lines.append(f"  tested weights:   {args.ckpt_path}")
     for logger in trainer.loggers:
@@ -528,18 +706,30 @@ def _print_summary(args: argparse.Namespace, trainer) -> None:
     print("\n".join(lines), flush=True)
 
 
-def run(args: argparse.Namespace):
+def _tested_weights_note(args: argparse.Namespace) -> str:
+    choice = getattr(args, "ckpt", None)
+    if choice == "best":
+        return "--ckpt best: the best validation_loss"
+    if choice == "last":
+        return "--ckpt last"
+    if choice is not None or args.ckpt_path_given:
+        return "the file given"
+    return "the newest usable checkpoint of the run; --ckpt best tests the best validation_loss"
+
+
+def run(args: argparse.Namespace, module=None):
     """Train or test as ``args.mode`` says; ``args`` already validated.
+
+    Args:
+        args: Validated arguments (:func:`validate_args`).
+        module: The module from :func:`prepare_module` (built here if None).
 
     Returns:
         The trainer, for callers that want its callbacks or loggers.
     """
-    import pytorch_lightning as pl
-
-    if args.mode == "train":
-        module = build_module(args)
-    else:
-        module = load_trained_module(args.ckpt_path)
+    if module is None:
+        module = prepare_module(args)
+    quiet_lightning(args)
     trainer = build_trainer(args)
     if args.use_dataset_cache_file:
         dropped = prune_dataset_cache(DATASET_CACHE_FILE)
@@ -552,19 +742,92 @@ def run(args: argparse.Namespace):
     args.num_workers, note = cap_num_workers(args.num_workers)
     if note and trainer.is_global_zero:
         print(note, flush=True)
-    data_module = build_data_module(args, uses_distributed_sampler(trainer))
-    pl.seed_everything(args.seed)
+    data_module = build_data_module(args, uses_distributed_sampler(trainer), trainer.global_rank)
     if args.mode == "train":
+        if trainer.is_global_zero:
+            removed = remove_partial_files(Path(args.default_root_dir) / "checkpoints")
+            if removed:
+                print(f"note: removed {len(removed)} temporary checkpoint file(s) left by an "
+                      f"interrupted run ({', '.join(p.name for p in removed)})", flush=True)
         if args.ckpt_path is not None and trainer.is_global_zero:
             print(f"Resuming from {args.ckpt_path}", flush=True)
         trainer.fit(module, datamodule=data_module, ckpt_path=args.ckpt_path)
     else:
         if trainer.is_global_zero:
-            print(f"Testing weights from {args.ckpt_path}", flush=True)
+            print(f"Testing weights from {args.ckpt_path} ({_tested_weights_note(args)})",
+                  flush=True)
         trainer.test(module, datamodule=data_module)
     if trainer.is_global_zero:
         _print_summary(args, trainer)
     return trainer
+
+
+class _QuietDiskFullThreads:
+    """A ``threading.excepthook`` that keeps a full disk in a logger's thread to one line.
+
+    TensorBoard writes its event file from a background thread; on a full
+    disk that thread dies with a traceback of its own, and the main thread
+    fails at its next write, which :func:`run_fault` reports. Other errors
+    in threads keep Python's default report.
+    """
+
+    def __init__(self):
+        import threading
+
+        self.previous = threading.excepthook
+        self.errors: List[BaseException] = []
+
+    def __call__(self, hook_args) -> None:
+        exc = hook_args.exc_value
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            self.errors.append(exc)
+            return
+        self.previous(hook_args)
+
+
+def run_fault(err: BaseException, root: Optional[Path] = None) -> Optional[str]:
+    """The one-line message of a fault that stopped a run, or None for anything else.
+
+    Faults are what the run met on the way, not bugs: a non-finite loss or
+    gradient (the guard names the file and slice), a checkpoint that could
+    not be written, or a full disk while writing logs. Lightning may raise
+    a second error while shutting down (a logger flushing to the full
+    disk); the chain of exceptions is searched for the first cause.
+    """
+    from fastmri_growth.pl_modules.checkpoint_io import CheckpointWriteError
+    from fastmri_growth.pl_modules.finite_guard import NonFiniteError
+
+    chain, e = [], err
+    while e is not None and all(e is not c for c in chain):
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    for e in reversed(chain):  # the first cause first
+        if isinstance(e, CheckpointWriteError):
+            return " ".join(str(e.strerror or e).split())  # without "[Errno 28]"
+        if isinstance(e, NonFiniteError):
+            return one_line(e)
+    for e in reversed(chain):
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            where = f" writing {e.filename}" if e.filename else (
+                f" of --default_root_dir {root}" if root is not None else "")
+            what = "no space left on the device" if e.errno == errno.ENOSPC else \
+                "disk quota exceeded"
+            return (f"{what}{where}; the checkpoints already written are intact: free space, "
+                    "then run the same command again to resume from the newest of them")
+    for e in reversed(chain):
+        # The run folder became unwritable while the run went on (it was checked at the start).
+        if isinstance(e, OSError) and e.errno in (errno.EROFS, errno.EACCES, errno.EPERM) \
+                and e.filename and root is not None and _below(e.filename, root):
+            return (f"cannot write {e.filename} ({e.strerror}); the checkpoints already written "
+                    "are intact: make the folder writable, then run the same command again")
+    return None
+
+
+def _below(path, root: Path) -> bool:
+    import os
+
+    path, root = os.path.abspath(str(path)), os.path.abspath(str(root))
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -574,15 +837,40 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         argv: Arguments without the program name; ``None`` reads ``sys.argv``.
 
     Returns:
-        0 on success, 2 on bad input (one line on stderr, nothing written).
+        0 on success, 2 on bad input (one line on stderr, nothing written),
+        1 when a fault stopped the run (one line on stderr naming it).
     """
     args = parse_args(argv)
+    args.ckpt_path_given = args.ckpt_path is not None
     try:
         validate_args(args)
-        run(args)
+        for note in getattr(args, "checkpoint_notes", []):
+            print(note, flush=True)
+        if getattr(args, "nothing_to_train", None):
+            print(args.nothing_to_train, flush=True)
+            return 0
+        module = prepare_module(args)
+        check_free_space(args, sum(p.numel() for p in module.parameters()))
+        reason = never_grows_reason(args, module)
+        if reason:
+            print(f"{PROG}: warning: this run will never grow: {reason}", file=sys.stderr,
+                  flush=True)
+        import threading
+
+        hook = threading.excepthook = _QuietDiskFullThreads()
+        try:
+            run(args, module)
+        finally:
+            threading.excepthook = hook.previous
     except UsageError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr, flush=True)
         return 2
+    except Exception as err:
+        message = run_fault(err, getattr(args, "default_root_dir", None))
+        if message is None:
+            raise
+        print(f"{PROG}: error: {message}", file=sys.stderr, flush=True)
+        return 1
     return 0
 
 

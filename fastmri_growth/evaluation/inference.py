@@ -34,6 +34,7 @@ from fastmri_growth.data.fastmri_format import (
     check_challenge,
     check_split_dir,
     leaderboard_mask_type,
+    target_key,
 )
 
 if TYPE_CHECKING:  # torch is imported when a model runs, so the CLIs start fast
@@ -400,7 +401,16 @@ def leaderboard_validation(
             "fractions; pass one centre fraction per acceleration"
         )
     split = resolve_split_dir(data_root_or_split_path, challenge)
-    files = check_split_dir(split, what="data path")
+    files = check_split_dir(split, challenge=challenge, what="data path")
+    key = target_key(challenge)
+    for fname in files:
+        with h5py.File(fname, "r") as hf:
+            if key not in hf:
+                raise ValueError(
+                    f"{fname} holds no {key!r} target"
+                    f"{' (it is under-sampled: a test/challenge file)' if 'mask' in hf else ''}; "
+                    "leaderboard validation under-samples fully sampled files with fixed masks "
+                    "and compares with their targets: pass a val split")
     if mask_type is None:
         mask_type = leaderboard_mask_type(files)
     results: Dict[int, dict] = {}

@@ -80,6 +80,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 class TopKCheckpoint(ModelCheckpoint):
     """``ModelCheckpoint`` whose folder holds at most its top-k files of its own pattern."""
 
+    @property
+    def state_key(self) -> str:
+        """``ModelCheckpoint``'s key, so checkpoints written with either class resume with the other."""
+        key = super().state_key
+        return "ModelCheckpoint" + key[len(type(self).__qualname__):]
+
     def _save_checkpoint(self, trainer, filepath: str) -> None:
         super()._save_checkpoint(trainer, filepath)
         # Only the default file names ("epoch=E-step=S.ckpt") are known to be ours.

@@ -12,11 +12,19 @@ weights are still the step's inputs) and every validation output, and either
   of it is written), or
 * with ``skip=True``, drops the step's gradients so the optimizer leaves the
   weights alone, counts the batch and reports every skipped file and slice
-  at the end of the epoch (for data with a few broken slices).
+  at the end of the epoch (for data with a few broken slices). Growth and
+  pruning events of a :class:`~.growth_callback.GrowthCallback` then score
+  without the batches whose inputs are not finite (named in a line), instead
+  of stopping the run.
+
+Validation outputs are checked in both modes: a non-finite one stops the run
+before that validation's checkpoint is written. Test outputs too, before the
+volume's reconstruction file is written.
 """
 from __future__ import annotations
 
-from typing import Any, List
+from collections import Counter
+from typing import Any, List, Sequence
 
 import pytorch_lightning as pl
 import torch
@@ -40,6 +48,23 @@ def describe_batch(batch: Any) -> str:
     return ", ".join(parts)
 
 
+def batch_is_finite(batch: Any) -> bool:
+    """Whether every floating-point tensor of a batch (a sample tuple, dict or tensor) is finite."""
+    if torch.is_tensor(batch):
+        return not batch.is_floating_point() or bool(torch.isfinite(batch).all())
+    if isinstance(batch, dict):
+        return all(batch_is_finite(v) for v in batch.values())
+    if isinstance(batch, (list, tuple)):
+        return all(batch_is_finite(v) for v in batch)
+    return True
+
+
+def summarize(where: Sequence[str]) -> str:
+    """``"a.h5 slice 1 (x3); b.h5 slice 0"``: each batch once, with its count."""
+    counts = Counter(where)
+    return "; ".join(f"{w} (x{n})" if n > 1 else w for w, n in counts.items())
+
+
 class FiniteGuard(pl.Callback):
     """Checks each training step's loss and gradients, and validation outputs.
 
@@ -52,8 +77,53 @@ class FiniteGuard(pl.Callback):
         super().__init__()
         self.skip = bool(skip)
         self.skipped: List[str] = []
+        self.skipped_scoring: List[str] = []
         self._batch: Any = None
         self._epoch_skipped = 0
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        """With ``skip``: growth and pruning score without non-finite batches."""
+        if not self.skip:
+            return
+        # A GrowthCallback by its methods: growth_callback imports this module.
+        for cb in trainer.callbacks:
+            if callable(getattr(cb, "grow", None)) and callable(getattr(cb, "prune_now", None)) \
+                    and not getattr(cb, "_finite_batches_only", False):
+                self._filter_scoring_batches(cb)
+
+    def _filter_scoring_batches(self, cb) -> None:
+        """Wraps a growth callback's ``grow`` and ``prune_now`` to drop non-finite batches.
+
+        A growth event scores on the epoch's first training batch and a few
+        drawn at random; one broken slice among them would otherwise stop a
+        run that was told to skip broken slices. An event left with no
+        batch does not happen (the schedule's next event comes as usual).
+        """
+        guard = self
+
+        def finite_only(batches, epoch, what, pl_module):
+            kept = [b for b in batches if batch_is_finite(b)]
+            dropped = [describe_batch(b) for b in batches if not batch_is_finite(b)]
+            if dropped:
+                guard.skipped_scoring.extend(dropped)
+                pl_module.print(
+                    f"[epoch {epoch}] left {len(dropped)} scoring batch(es) with non-finite "
+                    f"inputs out of the {what} event: {summarize(dropped)}"
+                    + ("" if kept else f"; no batch left, so no {what} this epoch"))
+            return kept
+
+        grow, prune_now = cb.grow, cb.prune_now
+
+        def guarded_grow(trainer, pl_module, batches, sites, epoch):
+            kept = finite_only(batches, epoch, "growth", pl_module)
+            return grow(trainer, pl_module, kept, sites, epoch) if kept else []
+
+        def guarded_prune(trainer, pl_module, batches, epoch, total=None):
+            kept = finite_only(batches, epoch, "pruning", pl_module)
+            return prune_now(trainer, pl_module, kept, epoch, total=total) if kept else []
+
+        cb.grow, cb.prune_now = guarded_grow, guarded_prune
+        cb._finite_batches_only = True
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
         self._batch = batch
@@ -83,7 +153,7 @@ class FiniteGuard(pl.Callback):
         if self._epoch_skipped:
             pl_module.print(
                 f"[epoch {trainer.current_epoch}] skipped {self._epoch_skipped} batch(es) with "
-                f"non-finite gradients: {'; '.join(self.skipped[-self._epoch_skipped:])}")
+                f"non-finite gradients: {summarize(self.skipped[-self._epoch_skipped:])}")
         pl_module.log("train/skipped_batches", float(len(self.skipped)), on_step=False,
                       on_epoch=True, sync_dist=True)
         self._epoch_skipped = 0
@@ -102,8 +172,25 @@ class FiniteGuard(pl.Callback):
                     "for this validation. Fix or remove the file"
                 )
 
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int,
+                          dataloader_idx: int = 0) -> None:
+        """Stops before a non-finite reconstruction reaches a submission file."""
+        output = outputs.get("output") if isinstance(outputs, dict) else outputs
+        if not torch.is_tensor(output) and output is not None:
+            try:  # fastMRI's test_step returns numpy
+                output = torch.as_tensor(output)
+            except (TypeError, ValueError, RuntimeError):
+                return
+        if torch.is_tensor(output) and output.is_floating_point() and \
+                not torch.isfinite(output).all():
+            raise NonFiniteError(
+                f"non-finite reconstruction of {describe_batch(batch)}: the test data hold NaN "
+                "or Inf, or the weights are not finite; its file was not written. Fix or remove "
+                "the file")
+
     def state_dict(self) -> dict:
-        return {"skipped": list(self.skipped)}
+        return {"skipped": list(self.skipped), "skipped_scoring": list(self.skipped_scoring)}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.skipped = list(state_dict.get("skipped", []))
+        self.skipped_scoring = list(state_dict.get("skipped_scoring", []))
