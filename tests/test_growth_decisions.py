@@ -446,6 +446,30 @@ def test_growth_batches_draws_reproducible_extra_batches(knee):
     assert (mask.rng.get_state()[1] == state).all()
 
 
+def test_batch_filter_decides_which_scoring_batches_an_event_uses(knee, tmp_path, capsys):
+    seen, widths = [], {}
+
+    def keep_first_only(batches, epoch, what, module):
+        seen.append((epoch, what, len(batches)))
+        return [] if epoch == 1 else batches[:1]
+
+    class Widths(pl.Callback):
+        def on_train_epoch_end(self, t, m):
+            widths[t.current_epoch] = m.unet.get_network_size()
+
+    pl.seed_everything(0)
+    module = DynamicUnetModule(chans=2, num_pool_layers=2, growth_batches=3, n_new=1,
+                               layers_to_grow=["down_0:0"], growth_start_epoch=1)
+    module.growth_callback.batch_filter = keep_first_only
+    trainer(tmp_path, 3, callbacks=[Widths()]).fit(module, loader(knee))
+    assert seen == [(1, "growth", 3), (2, "growth", 3)]
+    # Epoch 1: no batch left, no event; epoch 2: one event on the one batch kept.
+    assert widths[1] == widths[0] and widths[2]["down_0"]["conv1_out"] == 3
+    assert module.schedule.state["grown_epochs"] == [2]
+    (line,) = [x for x in capsys.readouterr().out.splitlines() if "network:" in x]
+    assert line.startswith("[epoch 2]") and line.endswith("on 1 scoring batch")
+
+
 # --------------------------------------------------------------- bad input
 BAD = [
     (dict(growth_batches=0), ["growth_batches", "0", ">= 1"]),

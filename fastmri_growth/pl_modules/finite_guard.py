@@ -85,45 +85,29 @@ class FiniteGuard(pl.Callback):
         """With ``skip``: growth and pruning score without non-finite batches."""
         if not self.skip:
             return
-        # A GrowthCallback by its methods: growth_callback imports this module.
+        # A GrowthCallback by its hook: growth_callback imports this module.
         for cb in trainer.callbacks:
-            if callable(getattr(cb, "grow", None)) and callable(getattr(cb, "prune_now", None)) \
-                    and not getattr(cb, "_finite_batches_only", False):
-                self._filter_scoring_batches(cb)
+            if hasattr(cb, "batch_filter") and cb.batch_filter is None:
+                cb.batch_filter = self.finite_scoring_batches
 
-    def _filter_scoring_batches(self, cb) -> None:
-        """Wraps a growth callback's ``grow`` and ``prune_now`` to drop non-finite batches.
+    def finite_scoring_batches(self, batches: List[Any], epoch: int, what: str,
+                               pl_module) -> List[Any]:
+        """A growth callback's ``batch_filter``: drops the non-finite scoring batches.
 
         A growth event scores on the epoch's first training batch and a few
         drawn at random; one broken slice among them would otherwise stop a
         run that was told to skip broken slices. An event left with no
         batch does not happen (the schedule's next event comes as usual).
         """
-        guard = self
-
-        def finite_only(batches, epoch, what, pl_module):
-            kept = [b for b in batches if batch_is_finite(b)]
-            dropped = [describe_batch(b) for b in batches if not batch_is_finite(b)]
-            if dropped:
-                guard.skipped_scoring.extend(dropped)
-                pl_module.print(
-                    f"[epoch {epoch}] left {len(dropped)} scoring batch(es) with non-finite "
-                    f"inputs out of the {what} event: {summarize(dropped)}"
-                    + ("" if kept else f"; no batch left, so no {what} this epoch"))
-            return kept
-
-        grow, prune_now = cb.grow, cb.prune_now
-
-        def guarded_grow(trainer, pl_module, batches, sites, epoch):
-            kept = finite_only(batches, epoch, "growth", pl_module)
-            return grow(trainer, pl_module, kept, sites, epoch) if kept else []
-
-        def guarded_prune(trainer, pl_module, batches, epoch, total=None):
-            kept = finite_only(batches, epoch, "pruning", pl_module)
-            return prune_now(trainer, pl_module, kept, epoch, total=total) if kept else []
-
-        cb.grow, cb.prune_now = guarded_grow, guarded_prune
-        cb._finite_batches_only = True
+        kept = [b for b in batches if batch_is_finite(b)]
+        dropped = [describe_batch(b) for b in batches if not batch_is_finite(b)]
+        if dropped:
+            self.skipped_scoring.extend(dropped)
+            pl_module.print(
+                f"[epoch {epoch}] left {len(dropped)} scoring batch(es) with non-finite "
+                f"inputs out of the {what} event: {summarize(dropped)}"
+                + ("" if kept else f"; no batch left, so no {what} this epoch"))
+        return kept
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
         self._batch = batch

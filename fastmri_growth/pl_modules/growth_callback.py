@@ -46,7 +46,8 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Protocol, Sequence, Union, runtime_checkable
+from typing import (Any, Callable, Dict, List, Mapping, Optional, Protocol, Sequence, Union,
+                    runtime_checkable)
 
 import pytorch_lightning as pl
 import torch
@@ -297,6 +298,12 @@ class GrowthCallback(pl.Callback):
         self.prune_reports: List[PruneReport] = []
         self._pruned_epochs: List[int] = []
         self.reports: List[GrowthReport] = []  # this process's, for inspection
+        #: Called as ``batch_filter(batches, epoch, what, pl_module)`` on an
+        #: event's scoring batches before they are used (``what``: "growth",
+        #: "pruning" or "pruning and growth"); returns the batches to keep. An
+        #: event left with none does not happen (the schedule's next one comes
+        #: as usual). FiniteGuard's skip mode drops non-finite batches here.
+        self.batch_filter: Optional[Callable[[List[Any], int, str, Any], List[Any]]] = None
         # Per grown parameter: [bool mask of the new entries, optimizer steps
         # since growth, epoch of growth] (LR scale and ramp apply to them).
         self._new: Dict[torch.nn.Parameter, list] = {}
@@ -380,6 +387,11 @@ class GrowthCallback(pl.Callback):
             epoch not in self._pruned_epochs
         if sites or prune_due:
             batches = [batch] + self.extra_batches(trainer, epoch)
+            if self.batch_filter is not None:
+                what = " and ".join(w for w, due in (("pruning", prune_due), ("growth", sites)) if due)
+                batches = self.batch_filter(batches, epoch, what, pl_module)
+                if not batches:
+                    return
             if prune_due:
                 self.prune_now(trainer, pl_module, batches, epoch)
             if sites:
