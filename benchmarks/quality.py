@@ -25,8 +25,9 @@ and with ``descent``, on all sites or on the 4 best sites per event (auto),
 without the optimizer treatment (second moments seeded with the mean instead
 of the new slices' gradient), and with growth ending early (epoch 3) or late
 (epoch 13); a chans-4 network that exchanges filters (each event removes the
-8 lowest-Taylor filters, then grows 8 at the 4 best sites); chans 8 pruned to
-half its width at epoch 3 (magnitude or Taylor).
+8 lowest-scoring filters by Taylor or by magnitude, then grows 8 at the 4
+best sites); chans 8 pruned to half its width at epoch 3 (magnitude or
+Taylor).
 
 Pairing: a seed fixes the initial weights (the same for every chans-4
 configuration), the data order, the training masks (the mask function's
@@ -150,6 +151,12 @@ def _grown(label: str, method: str, *extra: str, decide: bool = False,
     return Config(label, timing=timing, flags=("--growth_method", method) + extra, decide=decide)
 
 
+#: Exchange at constant size: every other epoch from 1 (4 events), remove the
+#: 8 lowest-scoring filters, then grow 2 filters at each of the 4 best sites.
+_EXCHANGE = ("--growth_method", "sample_select", "--growth_schedule", "interval",
+             "--growth_start_epoch", "1", "--growth_interval", "2", "--max_growth_steps", "4",
+             "--auto_sites", "4", "--n_new", "2", "--prune_schedule", "exchange")
+
 #: name -> configuration. Fixed widths first, then the grown runs.
 CONFIGS: Dict[str, Config] = {
     "fixed_c2": Config("fixed chans 2", chans=2, group="fixed"),
@@ -171,11 +178,10 @@ CONFIGS: Dict[str, Config] = {
                          "--optimizer_seeding", "mean"),
     "early": _grown("sample_select, growth ends early", "sample_select", timing="early"),
     "late": _grown("sample_select, growth ends late", "sample_select", timing="late"),
-    "exchange": Config("exchange at chans 4 (taylor)", group="exchange", flags=(
-        "--growth_method", "sample_select", "--growth_schedule", "interval",
-        "--growth_start_epoch", "1", "--growth_interval", "2", "--max_growth_steps", "4",
-        "--auto_sites", "4", "--n_new", "2", "--prune_schedule", "exchange",
-        "--prune_criterion", "taylor")),
+    "exchange": Config("exchange at chans 4 (taylor)", group="exchange",
+                       flags=_EXCHANGE + ("--prune_criterion", "taylor")),
+    "exchange_magnitude": Config("exchange at chans 4 (magnitude)", group="exchange",
+                                 flags=_EXCHANGE + ("--prune_criterion", "magnitude")),
     "pruned_magnitude": Config("chans 8 pruned by half (magnitude)", chans=8, group="pruned",
                                flags=("--max_growth_steps", "0", "--prune_schedule", "epochs",
                                       "--prune_epochs", "{prune_epoch}", "--prune_fraction", "0.5",

@@ -371,7 +371,8 @@ _STYLE = {
     "sample_select_descent": ("tab:blue", "D"), "random_descent": ("tab:gray", "D"),
     "gradmax_descent": ("tab:green", "D"), "auto_sites": ("tab:purple", "P"),
     "no_seeding": ("tab:cyan", "v"), "early": ("tab:olive", "<"), "late": ("tab:brown", ">"),
-    "exchange": ("tab:orange", "X"), "pruned_magnitude": ("tab:red", "*"),
+    "exchange": ("tab:orange", "X"), "exchange_magnitude": ("goldenrod", "X"),
+    "pruned_magnitude": ("tab:red", "*"),
     "pruned_taylor": ("tab:pink", "*"),
 }
 
@@ -427,7 +428,8 @@ def plots(result: dict, folder: Path) -> List[Path]:
     rname = names[0]
     by = _by(result["runs"], rname)
     show = [n for n in ("sample_select", "random", "gradmax", "sample_select_descent",
-                        "no_seeding", "exchange", "pruned_taylor") if n in by]
+                        "no_seeding", "exchange", "exchange_magnitude", "pruned_magnitude",
+                        "pruned_taylor") if n in by]
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.2))
     for n in show:
         ref = reference_of(n, by[n], by)

@@ -105,6 +105,20 @@ def test_taylor_predicts_the_loss_change_of_removing_a_small_filter():
     assert report.loss_after - report.loss_before == pytest.approx(measured, rel=1e-9)
 
 
+def test_taylor_removes_the_smallest_predicted_change_whatever_its_sign():
+    model = make_model(chans=4, seed=3)
+    x, y = batch()
+    site = Site("down_1", 0)
+    loss_fn = model.loss_fn(F.l1_loss)
+    (scores,) = score_filters(model, [site], "taylor", [(x, y)], loss_fn).values()
+    assert (scores < 0).any() and (scores > 0).any()  # both signs present
+    order = torch.argsort(scores.abs(), stable=True).tolist()
+    report = prune(model, {site: 3}, "taylor", [(x, y)], loss_fn)[0]
+    assert report.removed == order[:3]
+    # Not the signed order: the most negative prediction is not first to go.
+    assert report.removed != torch.argsort(scores, stable=True)[:3].tolist()
+
+
 def test_magnitude_is_the_fan_out_norm():
     model = make_model()
     site = Site("down_0", 1)  # two consumers: the next encoder conv and the skip

@@ -10,7 +10,8 @@ One small module per phase of the algorithm::
     methods/        one module per growth method + the registry
     surgery.py      add/remove output channels as old -> new index maps
     optim.py        optimizer state follows the index maps
-    pruning.py      remove filters: criteria (magnitude, taylor), prune(net, removals)
+    pruning.py      remove filters: criteria (magnitude, taylor), prune(net, removals),
+                    PruneSchedule (when)
     engine.py       grow(net, sites, method, batches, loss_fn) -> reports
     schedule.py     when to grow
     report.py       GrowthReport
@@ -23,7 +24,7 @@ from .engine import FAN_OUT_INITS, grow
 from .methods import METHODS, GrowthMethod, Option, Proposal, get_method, register_method
 from .net import Consumer, GrowableNet, SiteSpec, channelwise
 from .optim import grow_optimizer_state, remap_optimizer_state
-from .pruning import PRUNE_CRITERIA, PruneReport, prune
+from .pruning import PRUNE_CRITERIA, PruneReport, PruneSchedule, prune
 from .report import GrowthReport
 from .schedule import SCHEDULES, GrowthSchedule, parse_progressive
 from .scoring import SITE_CRITERIA, SiteScore, brute_force_scores_at, score_candidates_at, score_sites
@@ -32,7 +33,8 @@ from .statistics import Statistics, collect
 from .surgery import ParamChange, add_output_channels, remove_output_channels
 
 __all__ = [
-    "FAN_OUT_INITS", "METHODS", "PRUNE_CRITERIA", "PruneReport", "SCHEDULES", "prune", "Consumer", "GrowableNet", "GrowthMethod",
+    "FAN_OUT_INITS", "METHODS", "PRUNE_CRITERIA", "PruneReport", "PruneSchedule", "SCHEDULES",
+    "prune", "Consumer", "GrowableNet", "GrowthMethod",
     "GrowthReport", "GrowthSchedule", "Option", "ParamChange", "Proposal", "Site", "SiteSpec",
     "Statistics", "add_output_channels", "brute_force_scores_at", "channelwise", "collect",
     "generate_candidates", "get_method", "grow", "grow_optimizer_state", "parse_progressive",

@@ -610,7 +610,7 @@ class DynamicUnet(nn.Module):
         min_width: int = 1,
         reduce_fn: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
     ):
-        """Remove the ``n_remove`` lowest-scoring output filters of one conv.
+        """Remove the ``n_remove`` output filters of one conv that the criterion ranks first.
 
         Their input slices go from every consumer (the growth consumer map);
         a filter with a zero fan-out goes without changing the output.

@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
 from typing import (Any, Callable, Dict, List, Mapping, Optional, Protocol, Sequence, Union,
                     runtime_checkable)
 
@@ -56,7 +55,8 @@ from fastmri_growth.growth.engine import FAN_OUT_INITS, grow
 from fastmri_growth.growth.methods import GrowthMethod, get_method
 from fastmri_growth.growth.net import GrowableNet
 from fastmri_growth.growth.optim import SEEDINGS, remap_optimizer_state
-from fastmri_growth.growth.pruning import PruneReport, check_criterion, prune, score_filters
+from fastmri_growth.growth.pruning import (PruneReport, PruneSchedule, prune, removal_key,
+                                           score_filters)
 from fastmri_growth.growth.report import GrowthReport
 from fastmri_growth.growth.schedule import GrowthSchedule, budget_targets_for, width_of
 from fastmri_growth.growth.scoring import DEFAULT_SITE_CRITERION, site_value
@@ -117,75 +117,6 @@ def _widths_total(size: Mapping) -> int:
     return total
 
 
-@dataclass
-class PruneSchedule:
-    """When and how :class:`GrowthCallback` removes filters.
-
-    Attributes:
-        kind: ``"interval"`` (every ``interval`` epochs from ``start_epoch``),
-            ``"epochs"`` (at the given ``epochs``) or ``"exchange"`` (at every
-            growth event, as many filters as it adds).
-        interval: Interval schedule.
-        start_epoch: Interval schedule: first pruning epoch.
-        epochs: Epochs schedule.
-        n: Filters removed per site per event.
-        fraction: Or this fraction of each site's width (at least one).
-        criterion: ``"magnitude"`` or ``"taylor"``.
-        sites: Sites that may lose filters (None: every site).
-        min_width: No conv goes below this many filters.
-    """
-
-    kind: str
-    interval: int = 1
-    start_epoch: int = 1
-    epochs: Sequence[int] = ()
-    n: Optional[int] = None
-    fraction: Optional[float] = None
-    criterion: str = "magnitude"
-    sites: Optional[Sequence[Site]] = None
-    min_width: int = 1
-
-    KINDS = ("interval", "epochs", "exchange")
-
-    def __post_init__(self):
-        if self.kind not in self.KINDS:
-            raise ValueError(f"Unknown prune_schedule {self.kind!r}; valid: "
-                             f"{', '.join(self.KINDS)}")
-        check_criterion(self.criterion)
-        for name in ("interval", "min_width"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{'prune_' if name == 'interval' else ''}{name} must be an "
-                                 f"int >= 1, got {value!r}")
-        if not isinstance(self.start_epoch, int) or self.start_epoch < 0:
-            raise ValueError(f"prune_start_epoch must be an int >= 0, got {self.start_epoch!r}")
-        if self.kind == "epochs" and (not self.epochs or any(
-                not isinstance(e, int) or e < 0 for e in self.epochs)):
-            raise ValueError(f"prune_schedule='epochs' needs prune_epochs, non-negative ints, "
-                             f"got {list(self.epochs)!r}")
-        if self.kind != "exchange":
-            if (self.n is None) == (self.fraction is None):
-                raise ValueError("pruning needs exactly one of prune_n and prune_fraction")
-        if self.n is not None and (not isinstance(self.n, int) or isinstance(self.n, bool)
-                                   or self.n < 1):
-            raise ValueError(f"prune_n must be an int >= 1, got {self.n!r}")
-        if self.fraction is not None and not (isinstance(self.fraction, (int, float))
-                                              and 0.0 < float(self.fraction) < 1.0):
-            raise ValueError(f"prune_fraction must be in (0, 1), got {self.fraction!r}")
-
-    @property
-    def exchange(self) -> bool:
-        return self.kind == "exchange"
-
-    def due(self, epoch: int) -> bool:
-        """Whether a (plain) pruning event is due at the start of ``epoch``."""
-        if self.kind == "interval":
-            return epoch >= self.start_epoch and (epoch - self.start_epoch) % self.interval == 0
-        if self.kind == "epochs":
-            return epoch in self.epochs
-        return False
-
-
 class GrowthCallback(pl.Callback):
     """Grow a :class:`GrowableModule`'s network on a :class:`GrowthSchedule`."""
 
@@ -205,7 +136,7 @@ class GrowthCallback(pl.Callback):
         site_criterion: str = DEFAULT_SITE_CRITERION,
         optimizer_seeding: str = "grad",
         new_filter_ramp_steps: int = 0,
-        prune: Optional["PruneSchedule"] = None,
+        prune: Optional[PruneSchedule] = None,
     ):
         """
         Args:
@@ -570,7 +501,7 @@ class GrowthCallback(pl.Callback):
             batches: Scoring batches (``taylor`` scores on them).
             epoch: The current epoch.
             total: Exchange mode: remove this many filters in all, the
-                lowest-scoring ones over the prune sites (else: per site,
+                first ones in removal order over the prune sites (else: per site,
                 ``n`` or ``fraction`` of its width).
 
         Returns:
@@ -598,7 +529,8 @@ class GrowthCallback(pl.Callback):
                 raise _data_error(err, batches, epoch) from None
             room = {site: width_of(size, site) - p.min_width for site in sites}
             ranked = sorted(((float(v), k, site) for site in sites
-                             for k, v in enumerate(scores[site])), key=lambda t: t[0])
+                             for k, v in enumerate(removal_key(p.criterion, scores[site]))),
+                            key=lambda t: t[0])
             picked: Dict[Site, List[int]] = {}
             for _, k, site in ranked:
                 if sum(map(len, picked.values())) == total:

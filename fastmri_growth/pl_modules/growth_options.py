@@ -22,9 +22,9 @@ from fastmri_growth.growth.schedule import SCHEDULES, GrowthSchedule, parse_prog
 from fastmri_growth.growth.scoring import DEFAULT_SITE_CRITERION, SITE_CRITERIA
 from fastmri_growth.growth.sites import Site, parse_sites
 
-from fastmri_growth.growth.pruning import PRUNE_CRITERIA
+from fastmri_growth.growth.pruning import PRUNE_CRITERIA, PruneSchedule
 
-from .growth_callback import GrowthCallback, PruneSchedule
+from .growth_callback import GrowthCallback
 
 
 def optional_int(text: str) -> Optional[int]:
@@ -127,7 +127,7 @@ GROWTH_FLAGS = (
     GrowthFlag("prune_fraction", None, "Or this fraction of each prune site's width, in (0, 1)",
                type=optional_float),
     GrowthFlag("prune_criterion", "magnitude", "Which filters go first: magnitude (smallest "
-               "fan-out norm) or taylor (smallest first-order loss change of the removal)",
+               "fan-out norm) or taylor (smallest first-order loss change of the removal, in size)",
                choices=lambda: list(PRUNE_CRITERIA)),
     GrowthFlag("prune_sites", None, "Sites that may lose filters (as --layers-to-grow); "
                "default: all", type=str, nargs="+"),
