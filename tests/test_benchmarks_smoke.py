@@ -150,9 +150,15 @@ def test_quality_bump_and_front():
     pts = [(1.0, 10.0), (100.0, 20.0)]
     assert quality_report._front(pts, 10.0) == pytest.approx(15.0)
     assert quality_report._front(pts, 1000.0) is None
-    assert quality_report.verdict({"mean": 0.01, "std": 0.001}) == "bump"
-    assert quality_report.verdict({"mean": -0.01, "std": 0.001}) == "improves"
-    assert quality_report.verdict({"mean": 0.001, "std": 0.01}) == "within noise"
+    # Events against the quiet epoch starts: twice the standard error decides.
+    null = {"mean": 0.0, "std": 0.002, "n": 40}
+    assert quality_report.verdict({"mean": 0.003, "std": 0.0025, "n": 20}, null) == "bump"
+    assert quality_report.verdict({"mean": -0.003, "std": 0.0025, "n": 20}, null) == "improves"
+    assert quality_report.verdict({"mean": 0.003, "std": 0.02, "n": 20}, null) == "within noise"
+    run["epochs"] = [{}] * 3
+    assert quality_report.quiet_epochs(run) == [2]
+    (q,) = quality_report.bumps(run, ref, quality_report.quiet_epochs(run))
+    assert q["epoch"] == 2 and q["bump"] == pytest.approx(0.0)
 
 
 def _write_volume(path, key, image):
