@@ -30,6 +30,7 @@ from fastmri_growth.growth.methods.gradmax import (
     feature_correlations,
 )
 from fastmri_growth.growth.optim import remap_optimizer_state
+from fastmri_growth.growth.schedule import width_of
 from fastmri_growth.growth.scoring import SITE_CRITERIA, brute_force_scores_at, site_value
 from fastmri_growth.growth.statistics import collect
 from fastmri_growth.models import DynamicUnet, default_widths, score_sites
@@ -282,7 +283,39 @@ def test_auto_grows_the_best_site_by_the_criterion(criterion):
     assert report.selected == [int(torch.tensor(ranked[0].scores).argmax())]
 
 
+@pytest.mark.parametrize("method", ["sample_select", "random", "gradmax"])
+def test_auto_sites_with_counts_from_the_site_score_add_exactly_those(method):
+    # The budget schedule's auto mode: how many filters a chosen site gets
+    # depends on its score (its parameters per filter), known after ranking.
+    model = make_model(seed=7)
+    batches = make_batches()
+    before = model.get_network_size()
+    wanted = {}
+
+    def count(score):
+        wanted[score.site] = 2 + score.params_per_filter % 3
+        return wanted[score.site]
+
+    options = {"n_candidates": 2} if method != "random" else {}
+    reports = grow(model, None, method, batches, l1_of(model), n_new=count, auto_sites=3,
+                   generator=torch.Generator().manual_seed(4), method_options=options)
+    assert len(reports) == 3
+    after = model.get_network_size()
+    for r in reports:
+        site = Site(r.layer_idx, r.conv_idx)
+        grew = width_of(after, site) - width_of(before, site)
+        assert grew == r.n_added == wanted[site] and wanted[site] > 1
+        assert len(r.selected) == wanted[site]
+    # Each chosen site scored a pool for its own count (sample_select: 2
+    # candidates per filter; random: the filters it adds).
+    per_filter = {"sample_select": 2, "random": 1}.get(method)
+    if per_filter:
+        assert all(len(r.scores) == per_filter * r.n_added for r in reports)
+
+
 def test_auto_sites_bad_input():
+    with pytest.raises(ValueError, match="Unknown growth method option.*bogus.*n_candidates"):
+        grow(make_model(), None, "random", make_batches(), None, method_options={"bogus": 1})
     model = make_model()
     x, y = make_batches(((1, 16, 16),))[0]
     with pytest.raises(ValueError, match="conv_idx=None"):

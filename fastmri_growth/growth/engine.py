@@ -163,31 +163,36 @@ def grow(
                         f"({spec.site.label} has none)"
                     )
 
-    # -- candidates (after an optional pre-pass), then one statistics pass
-    pre = None
-    if batches is not None:
-        pre_acc = {spec.site: a for spec in specs
-                   if (a := m.pre_accumulator(spec, counts.get(spec.site, 1))) is not None}
-        if pre_acc:
-            pre = collect(net, specs, batches, loss_fn, accumulators=pre_acc, reduce_fn=reduce_fn)
-    cands: Dict[Site, torch.Tensor] = {}
-    for spec in specs:
-        c = m.candidates(spec, counts.get(spec.site, 1), generator, given.get(spec.site),
-                         pre.sites[spec.site] if pre is not None else None)
-        if c is not None:
-            cands[spec.site] = c
-    accumulators = {spec.site: a for spec in specs
-                    if (a := m.accumulator(spec, counts.get(spec.site, 1),
-                                           cands.get(spec.site))) is not None}
     want_w = "weight_grad" in m.wants()
-    stats = None
-    # A method that scores nothing (no candidates, no statistics) runs no pass.
-    if batches is not None and (cands or accumulators or want_w):
-        stats = collect(
-            net, specs, batches, loss_fn, candidates=cands,
-            want_weight_grad=site_list if want_w else (),
+
+    def score(specs_: List[SiteSpec], counts_: Dict[Site, int]):
+        """Candidates (after an optional pre-pass), then one statistics pass."""
+        pre = None
+        if batches is not None:
+            pre_acc = {spec.site: a for spec in specs_
+                       if (a := m.pre_accumulator(spec, counts_.get(spec.site, 1))) is not None}
+            if pre_acc:
+                pre = collect(net, specs_, batches, loss_fn, accumulators=pre_acc,
+                              reduce_fn=reduce_fn)
+        cands_: Dict[Site, torch.Tensor] = {}
+        for spec in specs_:
+            c = m.candidates(spec, counts_.get(spec.site, 1), generator, given.get(spec.site),
+                             pre.sites[spec.site] if pre is not None else None)
+            if c is not None:
+                cands_[spec.site] = c
+        accumulators = {spec.site: a for spec in specs_
+                        if (a := m.accumulator(spec, counts_.get(spec.site, 1),
+                                               cands_.get(spec.site))) is not None}
+        # A method that scores nothing (no candidates, no statistics) runs no pass.
+        if batches is None or not (cands_ or accumulators or want_w):
+            return cands_, None
+        return cands_, collect(
+            net, specs_, batches, loss_fn, candidates=cands_,
+            want_weight_grad=[spec.site for spec in specs_] if want_w else (),
             accumulators=accumulators, reduce_fn=reduce_fn,
         )
+
+    cands, stats = score(specs, counts)
     site_scores: Dict[Site, SiteScore] = {}
     if auto_sites is not None:
         ranked = rank_sites(specs, stats, site_criterion)
@@ -200,6 +205,10 @@ def grow(
             counts = {s: _check_count("n_new", n_new(site_scores[s])) for s in site_list}
         for spec in specs:
             m.check(spec, counts[spec.site], given.get(spec.site))
+        if callable(n_new) and any(counts[s] != 1 for s in site_list):
+            # The pools that ranked the sites hold candidates for one filter
+            # each; the chosen sites get pools for their counts.
+            cands, stats = score(specs, counts)
     shared = time.perf_counter() - start
 
     # -- proposals (nothing has changed yet)
@@ -208,6 +217,11 @@ def grow(
         st = stats.sites[spec.site] if stats is not None else SiteStatistics(
             spec.site, candidates=cands.get(spec.site))
         proposals[spec.site] = m.propose(spec, counts[spec.site], st, generator)
+        rows = proposals[spec.site].rows
+        if rows is not None and rows.shape[0] != counts[spec.site]:
+            raise RuntimeError(
+                f"{m.name} proposed {rows.shape[0]} filters at {spec.site.label} where "
+                f"{counts[spec.site]} were asked for; the model is unchanged")
 
     # -- surgery, site by site on the live network
     pending = []

@@ -64,15 +64,21 @@ def check_method_name(name: Any) -> str:
 def get_method(method: Union[str, GrowthMethod], **options: Any) -> GrowthMethod:
     """A configured method: an instance is returned as is, a name is built with ``options``.
 
-    Options that the named method does not declare are ignored, so one set of
-    options (the module's or the CLI's) configures whichever method is chosen.
+    Options that the named method does not declare but another registered
+    method does are ignored, so one set of options (the module's or the
+    CLI's) configures whichever method is chosen; a name no method declares
+    is an error.
 
     Raises:
-        ValueError: unknown method name, or a bad option value.
+        ValueError: unknown method name or option name, or a bad option value.
     """
     if isinstance(method, GrowthMethod):
         return method
     cls = METHODS[check_method_name(method)]
+    unknown = sorted(set(options) - set(all_options()))
+    if unknown:
+        raise ValueError(f"Unknown growth method option(s) {', '.join(unknown)}; valid: "
+                         f"{', '.join(all_options())}")
     mine = {o.name for o in cls.options}
     return cls(**{k: v for k, v in options.items() if k in mine})
 
