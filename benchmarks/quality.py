@@ -43,7 +43,9 @@ growth and pruning computed), wall seconds, growth and pruning events, and
 the validation metrics. Each run is one JSON file under
 ``<out>/quality_runs/<regime>/`` with the command, the machine and the date;
 a run whose file exists with the same flags is not run again, so an
-interrupted study resumes. Tables, goals and plots: :mod:`.quality_report`.
+interrupted study resumes (after a change to the code, delete the records of
+the configurations it affects). Tables, goals and plots:
+:mod:`.quality_report`.
 
 Usage::
 

@@ -428,12 +428,19 @@ def plots(result: dict, folder: Path) -> List[Path]:
     report = result.get("report") or aggregate(result)
     labels, groups = result["labels"], result["groups"]
     names = list(report)
-    fig, axes = plt.subplots(len(names), 2, figsize=(12, 4.2 * len(names)), squeeze=False)
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    # Per regime: PSNR over the whole front, then PSNR and object SSIM near
+    # the large width, where the grown runs are.
+    panels = (("PSNR", False), ("PSNR", True), ("SSIM_object", True))
+    fig, axes = plt.subplots(len(names), 3, figsize=(16, 4.3 * len(names)), squeeze=False)
     for row, rname in enumerate(names):
         per = report[rname]["per_config"]
         fixed = sorted((n for n in per if groups[n] == "fixed"),
                        key=lambda n: per[n]["total_flops"]["mean"])
-        for col, key in enumerate(SUMMARY):
+        large = result["roles"]["large"]
+        x_large = per[large]["total_flops"]["mean"] / 1e12 if large in per else None
+        for col, (key, zoom) in enumerate(panels):
             ax = axes[row, col]
             xs = [per[n]["total_flops"]["mean"] / 1e12 for n in fixed]
             ax.errorbar(xs, [per[n][key]["mean"] for n in fixed],
@@ -442,21 +449,38 @@ def plots(result: dict, folder: Path) -> List[Path]:
             for n, x in zip(fixed, xs):
                 ax.annotate(labels[n].replace("fixed ", ""), (x, per[n][key]["mean"]),
                             textcoords="offset points", xytext=(4, -10), fontsize=7)
+            shown = [(x, per[n][key]) for n, x in zip(fixed, xs)]
             for n, a in per.items():
                 if groups[n] == "fixed":
                     continue
                 color, marker = _STYLE.get(n, ("tab:red", "o"))
                 hollow = "descent" not in n and groups[n] == "grown" and n not in (
                     "sample_select", "random", "gradmax")
-                ax.errorbar(a["total_flops"]["mean"] / 1e12, a[key]["mean"], yerr=a[key]["std"],
+                x = a["total_flops"]["mean"] / 1e12
+                ax.errorbar(x, a[key]["mean"], yerr=a[key]["std"],
                             color=color, marker=marker, capsize=3, linestyle="none",
                             markerfacecolor="none" if hollow else color, label=labels[n])
+                shown.append((x, a[key]))
             ax.set_xscale("log")
-            ax.set_xlabel("training cost (TFLOPs, growth and pruning included; log scale)")
+            if zoom and x_large:
+                lo, hi = 0.45 * x_large, 1.08 * x_large
+                near = [v for x, v in shown if lo <= x <= hi]
+                if near:
+                    y0 = min(v["mean"] - v["std"] for v in near)
+                    y1 = max(v["mean"] + v["std"] for v in near)
+                    pad = 0.08 * (y1 - y0 or 1.0)
+                    ax.set_xlim(lo, hi)
+                    ax.set_ylim(y0 - pad, y1 + pad)
+                ax.set_xticks([float(f"{lo * (hi / lo) ** (i / 4):.2g}") for i in range(5)])
+            else:
+                ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.xaxis.set_minor_formatter(NullFormatter())
+            ax.set_xlabel("training TFLOPs (growth and pruning included; log scale)")
             ax.set_ylabel(f"val {SUMMARY[key][0]}, mean of 4x and 8x")
-            ax.set_title(rname, fontsize=9)
+            ax.set_title(f"{rname}" + (" (near the large width)" if zoom else ""), fontsize=9)
             ax.grid(alpha=0.3, which="both")
-        axes[row, 1].legend(fontsize=6.5, loc="center left", bbox_to_anchor=(1.02, 0.5))
+        axes[row, -1].legend(fontsize=6.5, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.suptitle("Quality against training cost (mean +/- std over seeds)", fontsize=10)
     fig.tight_layout()
     pareto = folder / "quality_pareto.png"
@@ -464,57 +488,60 @@ def plots(result: dict, folder: Path) -> List[Path]:
     plt.close(fig)
 
     # Loss around the events, first regime: the run minus its fixed reference.
+    # Growth in the top row, pruning and exchange (much larger) below.
     rname = names[0]
     by = _by(result["runs"], rname)
-    show = [n for n in ("sample_select", "random", "gradmax", "sample_select_descent",
-                        "no_seeding", "exchange", "exchange_magnitude", "pruned_magnitude",
-                        "pruned_taylor") if n in by]
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.2))
-    for n in show:
-        ref = reference_of(n, by[n], by)
-        if ref is None:
-            continue
-        seeds = [s for s in by[n] if s in by[ref]]
-        if not seeds:
-            continue
-        diffs = [[a - b for a, b in zip(by[n][s]["losses"], by[ref][s]["losses"])] for s in seeds]
-        mean = [statistics.mean(col) for col in zip(*diffs)]
-        k = 10
-        smooth = [statistics.mean(mean[max(0, i - k + 1):i + 1]) for i in range(len(mean))]
-        color, _ = _STYLE.get(n, ("tab:red", "o"))
-        style = "--" if "descent" in n else "-"
-        axes[0].plot(smooth, color=color, linestyle=style, lw=1, label=f"{labels[n]} - {ref}")
-        spe = by[n][seeds[0]]["steps_per_epoch"]
-        aligned, w = [], window_of(by[n][seeds[0]])
-        for s in seeds:
-            r = by[n][s]
-            d = [a - b for a, b in zip(r["losses"], by[ref][s]["losses"])]
-            for e in sorted(set(r["grown_epochs"]) | set(r["pruned_epochs"])):
-                i = e * spe
-                if i >= 2 * w and i + 2 * w <= len(d):
-                    base = statistics.mean(d[i - w:i])
-                    aligned.append([x - base for x in d[i - 2 * w:i + 2 * w]])
-        if aligned:
-            m = [statistics.mean(col) for col in zip(*aligned)]
-            axes[1].plot(range(-2 * w, 2 * w), m, color=color, linestyle=style, lw=1,
-                         label=labels[n])
-    first = next((by[n] for n in show if n in by), None)
-    if first:
-        r = next(iter(first.values()))
-        for e in r["grown_epochs"]:
-            axes[0].axvline(e * r["steps_per_epoch"], color="gray", lw=0.5, linestyle=":")
-    axes[0].axhline(0, color="black", lw=0.6)
-    axes[0].set_xlabel("training step (growth events of the main schedule dotted)")
-    axes[0].set_ylabel("train L1 - fixed run's L1")
-    axes[0].set_title("10-step running mean, mean over seeds", fontsize=9)
-    axes[0].legend(fontsize=6.5)
-    axes[1].axvline(0, color="gray", lw=0.8, linestyle=":")
-    axes[1].axhline(0, color="black", lw=0.6)
-    axes[1].set_xlabel("steps from the event")
-    axes[1].set_ylabel("the same, minus its pre-event mean")
-    axes[1].set_title("aligned on each event (pre-event mean over the bump window), mean over "
-                      "events and seeds", fontsize=9)
-    fig.suptitle(f"{rname}: training loss around growth and pruning events", fontsize=10)
+    rows = [[n for n in ("sample_select", "random", "gradmax", "sample_select_descent",
+                         "random_descent", "no_seeding") if n in by],
+            [n for n in ("exchange", "exchange_magnitude", "pruned_magnitude", "pruned_taylor")
+             if n in by]]
+    rows = [r for r in rows if r]
+    fig, axes = plt.subplots(max(1, len(rows)), 2, figsize=(14, 4.2 * max(1, len(rows))),
+                             squeeze=False)
+    for row, show in enumerate(rows):
+        ax_run, ax_event = axes[row]
+        events = set()
+        for n in show:
+            ref = reference_of(n, by[n], by)
+            seeds = [s for s in by[n] if ref is not None and s in by[ref]]
+            if not seeds:
+                continue
+            diffs = [[a - b for a, b in zip(by[n][s]["losses"], by[ref][s]["losses"])]
+                     for s in seeds]
+            mean = [statistics.mean(col) for col in zip(*diffs)]
+            k = 10
+            smooth = [statistics.mean(mean[max(0, i - k + 1):i + 1]) for i in range(len(mean))]
+            color, _ = _STYLE.get(n, ("tab:red", "o"))
+            style = "--" if "descent" in n else "-"
+            ax_run.plot(smooth, color=color, linestyle=style, lw=1, label=f"{labels[n]} - {ref}")
+            spe = by[n][seeds[0]]["steps_per_epoch"]
+            aligned, w = [], window_of(by[n][seeds[0]])
+            for s, d in zip(seeds, diffs):
+                r = by[n][s]
+                for e in sorted(set(r["grown_epochs"]) | set(r["pruned_epochs"])):
+                    events.add(e * spe)
+                    i = e * spe
+                    if i >= 2 * w and i + 2 * w <= len(d):
+                        base = statistics.mean(d[i - w:i])
+                        aligned.append([x - base for x in d[i - 2 * w:i + 2 * w]])
+            if aligned:
+                m = [statistics.mean(col) for col in zip(*aligned)]
+                ax_event.plot(range(-2 * w, 2 * w), m, color=color, linestyle=style, lw=1,
+                              label=labels[n])
+        for x in sorted(events):
+            ax_run.axvline(x, color="gray", lw=0.5, linestyle=":")
+        ax_run.axhline(0, color="black", lw=0.6)
+        ax_run.set_xlabel("training step (events dotted)")
+        ax_run.set_ylabel("train L1 - fixed run's L1")
+        ax_run.set_title("10-step running mean, mean over seeds", fontsize=9)
+        ax_run.legend(fontsize=6.5)
+        ax_event.axvline(0, color="gray", lw=0.8, linestyle=":")
+        ax_event.axhline(0, color="black", lw=0.6)
+        ax_event.set_xlabel("steps from the event")
+        ax_event.set_ylabel("the same, minus its pre-event mean")
+        ax_event.set_title("aligned on each event, mean over events and seeds", fontsize=9)
+    fig.suptitle(f"{rname}: training loss around growth (top) and pruning (bottom) events",
+                 fontsize=10)
     fig.tight_layout()
     bump = folder / "quality_bump.png"
     fig.savefig(bump, dpi=100)
