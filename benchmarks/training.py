@@ -14,6 +14,7 @@ Also holds the Lightning helpers used by the quality study.
 import contextlib
 import io
 import logging
+import shutil
 import statistics
 import time
 import warnings
@@ -59,6 +60,11 @@ def make_data(root: Path, spec: dict, seed: int = 0) -> Path:
     want = repr(sorted(spec.items())) + f" seed={seed}"
     if marker.is_file() and marker.read_text() == want:
         return knee
+    if marker.is_file():
+        # Written by an earlier call with another spec: this benchmark's own
+        # scratch data, replaced (a folder without the marker is left alone).
+        shutil.rmtree(knee, ignore_errors=True)
+        (Path(root) / "fastmri_growth_synth.json").unlink(missing_ok=True)
     generate_dataset(root, challenges=("knee_singlecoil",), splits=("train", "val"),
                      num_volumes={"train": spec["train"], "val": spec["val"]},
                      num_slices=spec["num_slices"], recon_size=spec["recon_size"], seed=seed,

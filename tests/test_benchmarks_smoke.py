@@ -218,3 +218,21 @@ def test_bump_structure(tmp_path):
     # Paired runs: before the event the grown and the fixed net are the same.
     assert all(r["before"] == 0.0 for r in res["rows"])
     assert "| random | grad |" in bump.table(res)
+
+
+def test_training_data_replaces_its_own_stale_data_only(tmp_path):
+    from fastmri_growth.data.synthetic_manifest import ForeignDataError
+
+    small = dict(TINY_DATA, train=1)
+    knee = training.make_data(tmp_path / "own", small)
+    first = sorted(p.name for p in (knee / "singlecoil_train").iterdir())
+    # Another spec in the same folder: the earlier data were this helper's, so replaced.
+    knee = training.make_data(tmp_path / "own", dict(small, train=2))
+    assert len(list((knee / "singlecoil_train").iterdir())) == 2 > len(first)
+    # Files it did not write (no marker) are never touched.
+    foreign = tmp_path / "foreign" / "knee" / "singlecoil_train"
+    foreign.mkdir(parents=True)
+    (foreign / "file1000000.h5").write_bytes(b"data")
+    with pytest.raises(ForeignDataError):
+        training.make_data(tmp_path / "foreign", small)
+    assert (foreign / "file1000000.h5").read_bytes() == b"data"

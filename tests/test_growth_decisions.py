@@ -458,6 +458,22 @@ def test_budget_schedule_resumes_mid_way_like_the_uninterrupted_run(budget_runs)
         torch.testing.assert_close(v, ref[k], rtol=0, atol=1e-6)
 
 
+def test_budget_with_auto_sites_grows_no_site_past_its_target(knee, tmp_path):
+    from fastmri_growth.growth.schedule import budget_targets_for
+
+    pl.seed_everything(0)
+    module = DynamicUnetModule(**dict(BUDGET, auto_sites=2))
+    start, target, params = budget_targets_for(module.unet, module.schedule.sites, target_chans=4)
+    trainer(tmp_path, 5).fit(module, loader(knee))
+    size = module.unet.get_network_size()
+    grown = {s.key: width_of(size, s) for s in module.schedule.sites}
+    assert all(grown[k] <= target[k] for k in target)
+    assert sum(grown.values()) > sum(start.values())  # it did grow
+    assert module.unet.num_parameters() <= params
+    # Each event grew two sites.
+    assert len(module.growth_reports) == 2 * len(module.schedule.state["grown_epochs"])
+
+
 def test_growth_batches_draws_reproducible_extra_batches(knee):
     cb = DynamicUnetModule(chans=2, num_pool_layers=2, growth_batches=3).growth_callback
     t = types.SimpleNamespace(train_dataloader=loader(knee), global_rank=0,
