@@ -41,3 +41,18 @@ def synthetic_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("synthetic")
     generate_dataset(root, **SYNTHETIC_KWARGS)
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_knee_root(tmp_path_factory):
+    """Tiny single-coil knee data: ``singlecoil_{train,val,test}``, 2 volumes of
+    2 slices each, 64x64 targets; the root the training command's
+    ``--data_path`` takes. Shared by the session: tests must not write into it
+    (copy it first).
+    """
+    from fastmri_growth.data.synthetic import generate_dataset
+
+    root = tmp_path_factory.mktemp("tiny_knee")
+    generate_dataset(root, challenges=("knee_singlecoil",), splits=("train", "val", "test"),
+                     num_volumes=2, num_slices=2, recon_size=64, seed=0)
+    return root / "knee"

@@ -68,14 +68,9 @@ def unet_numel(state_dict) -> int:
 
 
 @pytest.fixture(scope="module")
-def knee_root(tmp_path_factory):
-    """A tiny synthetic single-coil knee root: singlecoil_{train,val,test}."""
-    from fastmri_growth.data.synthetic import generate_dataset
-
-    root = tmp_path_factory.mktemp("cli_data")
-    generate_dataset(root, challenges=("knee_singlecoil",), splits=("train", "val", "test"),
-                     num_volumes=2, num_slices=2, recon_size=64, seed=0)
-    return root / "knee"
+def knee_root(tiny_knee_root):
+    """A tiny synthetic single-coil knee root (see ``tiny_knee_root``); read only."""
+    return tiny_knee_root
 
 
 @pytest.fixture(scope="module")

@@ -102,14 +102,9 @@ def max_weight_diff(a: dict, b: dict) -> float:
 
 
 @pytest.fixture(scope="module")
-def knee(tmp_path_factory):
-    """Tiny single-coil knee data: 2 volumes of 2 slices per split, 64x64."""
-    from fastmri_growth.data.synthetic import generate_dataset
-
-    root = tmp_path_factory.mktemp("faults_data")
-    generate_dataset(root, challenges=("knee_singlecoil",), splits=("train", "val", "test"),
-                     num_volumes=2, num_slices=2, recon_size=64, seed=0)
-    return root / "knee"
+def knee(tiny_knee_root):
+    """Tiny single-coil knee data (see ``tiny_knee_root``); read only."""
+    return tiny_knee_root
 
 
 @pytest.fixture(scope="module")
