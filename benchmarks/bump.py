@@ -31,8 +31,6 @@ import statistics
 from pathlib import Path
 from typing import Dict, List, Optional
 
-import torch
-
 from . import training
 
 FULL = {"data": {"train": 20, "val": 1, "num_slices": 8, "recon_size": 96, "phantom": "textured"},

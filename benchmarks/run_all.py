@@ -25,7 +25,8 @@ from typing import Dict, List, Optional, Sequence
 
 from . import common
 
-BENCHMARKS = ("overhead", "growth_cost", "training", "quality", "gpu", "event_cost", "bump")
+BENCHMARKS = ("overhead", "growth_cost", "training", "quality", "gpu", "event_cost", "bump",
+              "diversity")
 HERE = Path(__file__).resolve().parent
 README = HERE / "README.md"
 #: The quality study's plots (full runs), linked from the README.
@@ -41,6 +42,7 @@ TITLES = {
     "gpu": "5. GPU at fastMRI sizes (optional)",
     "event_cost": "6. Cost of scoring every site and of a whole growth event",
     "bump": "7. Training right after a growth event: the loss bump per method and treatment",
+    "diversity": "8. What the methods keep: feature-map correlations and scores of new filters",
 }
 
 
@@ -88,6 +90,9 @@ def run_one(name: str, quick: bool, out: Path, jobs: int = 1, command: str = "")
     if name == "bump":
         from . import bump
         return bump.run(work, quick=quick)
+    if name == "diversity":
+        from . import diversity
+        return diversity.run(work, quick=quick)
     raise ValueError(f"unknown benchmark {name!r}; valid: {', '.join(BENCHMARKS)}")
 
 

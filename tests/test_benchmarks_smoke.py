@@ -236,3 +236,49 @@ def test_training_data_replaces_its_own_stale_data_only(tmp_path):
     with pytest.raises(ForeignDataError):
         training.make_data(tmp_path / "foreign", small)
     assert (foreign / "file1000000.h5").read_bytes() == b"data"
+
+
+def test_diversity_structure(tmp_path):
+    from benchmarks import diversity
+
+    cfg = {"recon_size": 32, "train_volumes": 1, "val_volumes": 1, "num_slices": 2, "steps": 1,
+           "batch_size": 1, "num_pool_layers": 1, "chans": 2, "growth_batches": 1,
+           "n_candidates": 2, "val_slices": 2, "seeds": (0,)}
+    res = diversity.run(tmp_path, cfg=cfg, methods=("random", "gradmax"))
+    assert [r["method"] for r in res["summary"]] == ["random", "gradmax"]
+    sites = res["runs"][0]["sites"]
+    assert len(sites) == 7 and all(len(s["corr_to_existing"]) == 2 for s in sites)
+    assert all(0 <= v <= 1 + 1e-9 for s in sites for v in s["corr_to_existing"])
+    assert res["summary"][0]["score_vs_random"] == [pytest.approx(1.0)]
+    assert "| gradmax | 14 |" in diversity.table(res)
+
+
+def test_diversity_kept_scores_are_the_engines_scores():
+    """The backward-pass score of a kept zero-fan-out filter equals the score
+    sample_select ranked it by; feature correlations of a duplicated channel are 1."""
+    import torch
+    from torch.nn import functional as F
+
+    from benchmarks import diversity
+    from fastmri_growth.growth import grow
+    from fastmri_growth.models import DynamicUnet
+
+    torch.manual_seed(0)
+    net = DynamicUnet(1, 1, chans=3, num_pool_layers=2).double()
+    batches = [(torch.randn(2, 1, 16, 16, dtype=torch.float64),
+                torch.randn(2, 1, 16, 16, dtype=torch.float64)) for _ in range(2)]
+    loss_fn = net.loss_fn(F.l1_loss)
+    sites = net.growth_sites()
+    before = {s.key: net.site_spec(s).width for s in sites}
+    reports = grow(net, sites, "sample_select", batches, loss_fn, n_new=1,
+                   generator=torch.Generator().manual_seed(0),
+                   method_options={"n_candidates": 4})
+    kept = diversity.kept_scores(net, sites, before, batches, loss_fn)
+    for r in reports:
+        key = f"{r.layer_idx}:{r.conv_idx}"
+        assert kept[key] == [pytest.approx(r.scores[r.selected[0]], rel=1e-9)], key
+    feats = torch.randn(3, 50, dtype=torch.float64)
+    feats[2] = 2 * feats[0] + 1
+    corr, dead = diversity.correlations(torch.cat([feats, torch.ones(1, 50)]))
+    assert corr[2, 0] == pytest.approx(1.0) and dead.tolist() == [False, False, False, True]
+    assert corr[3].abs().sum() == 0
