@@ -361,6 +361,52 @@ def test_grad_seeding_makes_the_first_rmsprop_step_about_lr():
         assert float(step[big].max()) <= 1.02 * lr  # never the 10x of a zero-padded state
 
 
+@pytest.mark.parametrize("method", ["sample_select", "gradmax", "random"])
+def test_moment_seeding_is_the_mean_squared_per_batch_gradient(method):
+    """``optimizer_seeding="moment"`` seeds each new fan-out entry with the mean
+    over the scoring batches of its squared per-batch gradient, checked
+    against brute force: one backward per batch of the grown network (zero
+    fan-out, so the gradient there is the closed form's)."""
+    model = make_model(seed=7)
+    batches = make_batches()
+    opt = torch.optim.RMSprop(model.parameters(), lr=1e-3)
+    for b in batches:  # some state to carry over
+        opt.zero_grad()
+        l1_of(model)(b).backward()
+        opt.step()
+    sites = [Site("down_0", 1), Site("up_0", "t"), Site("bottleneck", 0)]
+    options = {} if method == "random" else {"n_candidates": 3}
+    reports = grow(model, sites, method, batches, l1_of(model), n_new=2,
+                   generator=torch.Generator().manual_seed(0), method_options=options)
+    changes = [c for r in reports for c in r.changes]
+    fan_out = [c for c in changes if c.grad_sq_hint is not None]
+    # down_0:1 feeds down_1 conv1 and the skip into up_1's conv1; up_0:t and
+    # bottleneck:0 one consumer each.
+    assert len(fan_out) == 4
+    squares = {id(c.new): torch.zeros_like(c.grad_sq_hint) for c in fan_out}
+    grads = {id(c.new): torch.zeros_like(c.grad_sq_hint) for c in fan_out}
+    for b in batches:
+        model.zero_grad()
+        l1_of(model)(b).backward()
+        for c in fan_out:
+            g = c.new.grad.index_select(c.dim, c.new_positions)
+            squares[id(c.new)] += g.pow(2) / len(batches)
+            grads[id(c.new)] += g / len(batches)
+    for c in fan_out:
+        assert rel_err(c.grad_sq_hint, squares[id(c.new)]) < 1e-9
+        assert rel_err(c.grad_hint, grads[id(c.new)]) < 1e-9
+        # The per-batch second moment holds the batch-to-batch variance too.
+        assert bool((c.grad_sq_hint >= c.grad_hint.pow(2) * (1 - 1e-12)).all())
+        assert float((c.grad_sq_hint - c.grad_hint.pow(2)).max()) > 0
+    remap_optimizer_state(opt, changes, seeding="moment")
+    for c in fan_out:
+        sq = opt.state[c.new]["square_avg"]
+        old_mean = float(sq.index_select(c.dim, (c.index_map >= 0).nonzero().flatten()).mean())
+        torch.testing.assert_close(sq.index_select(c.dim, c.new_positions),
+                                   torch.maximum(c.grad_sq_hint,
+                                                 torch.full_like(c.grad_sq_hint, old_mean)))
+
+
 def test_update_ramp_scales_the_first_steps_of_new_weights():
     schedule = types.SimpleNamespace(kind="interval", sites=[], state={})
     cb = GrowthCallback.__new__(GrowthCallback)
@@ -528,7 +574,7 @@ BAD = [
     (dict(layers_to_grow=["auto", "down_0"]), ["'auto'", "alone"]),
     (dict(fan_out_init="sideways"), ["'sideways'", "zero", "descent"]),
     (dict(growth_method="split", fan_out_init="descent"), ["descent", "'split'"]),
-    (dict(optimizer_seeding="hope"), ["'hope'", "mean", "grad", "zero"]),
+    (dict(optimizer_seeding="hope"), ["'hope'", "mean", "grad", "moment", "zero"]),
     (dict(site_criterion="per_byte"), ["'per_byte'", "score_per_flop"]),
     (dict(new_filter_ramp_steps=-1), ["new_filter_ramp_steps", "-1"]),
     (dict(growth_schedule="budget", target_chans=8), ["growth_end_epoch"]),

@@ -12,7 +12,15 @@ default, no bias correction) and several times lr for Adam. New entries are
 seeded with the mean of the existing ones of that tensor (``"mean"``), or,
 where the growth step knows the new entries' gradient ``g`` (zero-fan-out
 slices), with ``g**2`` (``"grad"``: what RMSprop would hold after a long run
-at that gradient, so the first step is about lr per entry).
+at that gradient, so the first step is about lr per entry), or with the
+mean over the scoring batches of the per-batch ``g_b**2`` (``"moment"``).
+``g`` is the gradient of the mean loss over all scoring batches; a training
+step sees one batch, whose gradient also carries the batch-to-batch
+variance, so ``g**2`` underestimates what RMSprop's average of squared step
+gradients converges to wherever that variance dominates, and those entries
+take steps of several times lr until the average catches up (a time
+constant of ``1 / (1 - alpha)`` = 100 steps for RMSprop). ``E[g_b**2]``
+estimates it directly. Both are floored at the tensor's mean.
 """
 from __future__ import annotations
 
@@ -25,14 +33,19 @@ from .surgery import ParamChange
 #: Per-element state holding squared-gradient averages (seeded, not zeroed).
 SECOND_MOMENT_KEYS = ("exp_avg_sq", "max_exp_avg_sq", "square_avg", "sum", "acc_delta")
 #: How new second-moment entries are seeded.
-SEEDINGS = ("mean", "grad", "zero")
+SEEDINGS = ("mean", "grad", "moment", "zero")
 
 
 def _fill(value: torch.Tensor, change: ParamChange, key: str, seeding: str) -> torch.Tensor:
     if key not in SECOND_MOMENT_KEYS or seeding == "zero" or value.numel() == 0:
         return value.new_zeros(())
     mean = value.new_full((), float(value.mean(dtype=torch.float64)))
-    if seeding == "grad" and change.grad_hint is not None:
+    if seeding == "moment" and change.grad_sq_hint is not None:
+        hint = change.grad_sq_hint.to(value)
+        return torch.maximum(hint, mean.expand_as(hint))
+    if seeding in ("grad", "moment") and change.grad_hint is not None:
+        # moment without a per-batch second moment (e.g. explicit gradients
+        # given by hand): the squared gradient is the best estimate left.
         hint = change.grad_hint.to(value).pow(2)
         # Never below the mean: a near-zero gradient entry would otherwise
         # give that weight a huge first step once its gradient appears.
@@ -51,7 +64,8 @@ def remap_optimizer_state(optimizer: torch.optim.Optimizer, changes: Iterable[Pa
             replacement).
         seeding: New second-moment entries: ``"mean"`` of the existing
             entries, ``"grad"`` (the square of the known gradient where there
-            is one, never below the mean), or ``"zero"``.
+            is one, never below the mean), ``"moment"`` (the known mean
+            squared per-batch gradient, never below the mean), or ``"zero"``.
 
     Returns:
         How many parameters were swapped (those the optimizer did not hold

@@ -15,7 +15,10 @@ consumer then gives every candidate's ``G``.
 Over several batches the loss is their mean, so ``G`` is the mean of the
 per-batch ``G``: the candidates are fixed first, each batch's ``G`` is
 computed from that batch's tensors and accumulated, and no graph or
-activation outlives its batch. Under DDP the accumulated sums are reduced
+activation outlives its batch. The mean of the per-batch ``G**2`` is kept
+too: it is the second moment an adaptive optimizer estimates from steps on
+such batches (it includes the batch-to-batch variance that ``G**2``, the
+square of the mean, leaves out). Under DDP the accumulated sums are reduced
 once at the end (``reduce_fn``), so every rank holds the same statistics.
 """
 from __future__ import annotations
@@ -43,6 +46,9 @@ class SiteStatistics:
         candidates: The scored fan-ins `(K, C_in, kh, kw)`, or None.
         fan_out_grads: Per consumer, each candidate's fan-out gradient
             `(K, C_out, kh, kw)` (candidate first), or None.
+        fan_out_grad_sq: Per consumer, the mean over batches (and ranks) of
+            each candidate's squared per-batch fan-out gradient (same
+            shapes), or None.
         weight_grad: dL/d(site conv weight), shaped like the weight, or None.
         consumer_grads: Per consumer, dL/d(consumer weight), or None.
         extra: Accumulators a growth method asked for (see :class:`Accumulator`).
@@ -53,6 +59,7 @@ class SiteStatistics:
     site: Site
     candidates: Optional[torch.Tensor] = None
     fan_out_grads: Optional[List[torch.Tensor]] = None
+    fan_out_grad_sq: Optional[List[torch.Tensor]] = None
     weight_grad: Optional[torch.Tensor] = None
     consumer_grads: Optional[List[torch.Tensor]] = None
     extra: Dict[str, torch.Tensor] = field(default_factory=dict)
@@ -335,6 +342,7 @@ def collect(
                 if site in candidates:
                     for i, g in enumerate(fan_out_gradients(spec, x, candidates[site], deltas, sizes)):
                         add((site, "fan_out", i), g)
+                        add((site, "fan_out_sq", i), g.to(acc_dtype).pow(2))
                 if site in want_w:
                     g = wgrad_of[id(spec.conv.weight)]
                     add((site, "weight"), g if g is not None else torch.zeros_like(spec.conv.weight))
@@ -378,6 +386,8 @@ def collect(
         st = out[site]
         if kind == "fan_out":
             st.fan_out_grads = (st.fan_out_grads or []) + [value]
+        elif kind == "fan_out_sq":
+            st.fan_out_grad_sq = (st.fan_out_grad_sq or []) + [value]
         elif kind == "weight":
             st.weight_grad = value
         elif kind == "consumer":

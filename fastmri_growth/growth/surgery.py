@@ -39,6 +39,8 @@ class ParamChange:
             ``new`` gathered along ``dim``), when the growth step knows it
             (zero-fan-out slices: their closed-form gradient). Used to seed
             optimizer second moments.
+        grad_sq_hint: Optional mean squared per-batch gradient of the new
+            entries (same layout as ``grad_hint``), when known.
     """
 
     module: nn.Module
@@ -48,6 +50,7 @@ class ParamChange:
     dim: int
     index_map: torch.Tensor
     grad_hint: Optional[torch.Tensor] = None
+    grad_sq_hint: Optional[torch.Tensor] = None
 
     @property
     def new_positions(self) -> torch.Tensor:
@@ -129,6 +132,7 @@ def remap(
     new_values: Optional[torch.Tensor] = None,
     edit_old: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
     grad_hint: Optional[torch.Tensor] = None,
+    grad_sq_hint: Optional[torch.Tensor] = None,
 ) -> ParamChange:
     """Replace ``module.<name>`` by a parameter remapped along ``dim``.
 
@@ -142,6 +146,7 @@ def remap(
         edit_old: Optional function returning a modified copy of the old
             values before they are copied (used by ``split``).
         grad_hint: See :attr:`ParamChange.grad_hint`.
+        grad_sq_hint: See :attr:`ParamChange.grad_sq_hint`.
 
     Returns:
         The :class:`ParamChange`.
@@ -155,7 +160,7 @@ def remap(
         values = _take(base, dim, index_map, new_values)
     new = nn.Parameter(values, requires_grad=old.requires_grad)
     setattr(module, name, new)
-    return ParamChange(module, name, old, new, dim, index_map, grad_hint)
+    return ParamChange(module, name, old, new, dim, index_map, grad_hint, grad_sq_hint)
 
 
 def add_output_channels(
@@ -163,6 +168,7 @@ def add_output_channels(
     rows: torch.Tensor,
     fan_out: Optional[List[torch.Tensor]] = None,
     fan_out_grads: Optional[List[torch.Tensor]] = None,
+    fan_out_grad_sq: Optional[List[torch.Tensor]] = None,
 ) -> List[ParamChange]:
     """Append output filters to a site conv and input slices to its consumers.
 
@@ -177,6 +183,8 @@ def add_output_channels(
             `(K, C_out, kh, kw)` for either consumer kind; zeros if None.
         fan_out_grads: Per consumer, the gradient of those slices (same
             shapes), when known; kept as :attr:`ParamChange.grad_hint`.
+        fan_out_grad_sq: Per consumer, the mean squared per-batch gradient
+            of those slices, when known; kept as :attr:`ParamChange.grad_sq_hint`.
 
     Returns:
         The changes: the site conv's weight (and bias) first, then one per consumer.
@@ -193,9 +201,10 @@ def add_output_channels(
         size = c.module.weight.shape[c.in_dim]
         values = None if fan_out is None else fan_out[i].movedim(0, c.in_dim)
         hint = None if fan_out_grads is None else fan_out_grads[i].movedim(0, c.in_dim)
+        hint_sq = None if fan_out_grad_sq is None else fan_out_grad_sq[i].movedim(0, c.in_dim)
         changes.append(remap(c.module, "weight", c.in_dim,
                              insert_map(size, c.channel_offset + width, k, dev), values,
-                             grad_hint=hint))
+                             grad_hint=hint, grad_sq_hint=hint_sq))
     return changes
 
 

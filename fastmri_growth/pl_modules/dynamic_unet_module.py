@@ -149,7 +149,7 @@ class DynamicUnetModule(GrowthMixin, UnetModule):
                 (``layers_to_grow=["auto"]``: of all sites; default 1 then).
             site_criterion: How sites are ranked: ``score``,
                 ``score_per_param`` or ``score_per_flop``.
-            optimizer_seeding: New second-moment state: ``mean``, ``grad``, ``zero``.
+            optimizer_seeding: New second-moment state: ``grad``, ``moment``, ``mean``, ``zero``.
             new_filter_ramp_steps: Ramp new weights' updates over this many steps.
             growth_end_epoch: Budget schedule: the epoch of the last event.
             target_chans: Budget schedule: grow to a fixed U-Net's widths of this chans.

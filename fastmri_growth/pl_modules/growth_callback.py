@@ -166,7 +166,9 @@ class GrowthCallback(pl.Callback):
             optimizer_seeding: New second-moment entries: ``"grad"`` (the
                 square of the new slices' known gradient, never below the
                 tensor's mean: measured to halve the loss bump after an event),
-                ``"mean"`` of the existing ones, or ``"zero"``.
+                ``"moment"`` (the mean over the scoring batches of their squared
+                per-batch gradient, never below the mean), ``"mean"`` of the
+                existing ones, or ``"zero"``.
             new_filter_ramp_steps: Ramp the new weights' updates linearly from
                 0 to full over this many optimizer steps (0: no ramp).
             prune: When and how to remove filters (:class:`PruneSchedule`;

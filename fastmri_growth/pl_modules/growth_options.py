@@ -104,8 +104,9 @@ GROWTH_FLAGS = (
                choices=lambda: list(FAN_OUT_INITS)),
     # grad: measured to halve the loss bump after an event (benchmarks/README.md, "bump").
     GrowthFlag("optimizer_seeding", "grad", "New second-moment optimizer state: grad (the "
-               "square of the new fan-out slices' known gradient, never below the mean), mean "
-               "of the existing entries, or zero",
+               "square of the new fan-out slices' known gradient, never below the mean), "
+               "moment (the mean over the scoring batches of their squared per-batch gradient, "
+               "never below the mean), mean of the existing entries, or zero",
                choices=lambda: list(SEEDINGS)),
     GrowthFlag("new_filter_ramp_steps", 0, "Ramp new weights' updates from 0 to full over N "
                "optimizer steps (0: none)", type=int),

@@ -87,6 +87,9 @@ class Proposal:
             None means zero (function-preserving).
         fan_out_grads: Per consumer, the closed-form gradient of the new
             slices at zero fan-out, when known (descent init, optimizer seeding).
+        fan_out_grad_sq: Per consumer, the mean over the scoring batches of
+            the new slices' squared per-batch gradient, when known
+            (``optimizer_seeding="moment"``).
         details: Anything the report should carry (e.g. diversity measures).
     """
 
@@ -95,7 +98,14 @@ class Proposal:
     scores: List[float]
     fan_out: Optional[List[torch.Tensor]] = None
     fan_out_grads: Optional[List[torch.Tensor]] = None
+    fan_out_grad_sq: Optional[List[torch.Tensor]] = None
     details: Dict[str, Any] = field(default_factory=dict)
+
+
+def rows_of(grads: Optional[List[torch.Tensor]], idx: torch.Tensor
+            ) -> Optional[List[torch.Tensor]]:
+    """The kept candidates' rows of per-consumer tensors `(K, ...)` (None stays None)."""
+    return None if grads is None else [g.index_select(0, idx.to(g.device)) for g in grads]
 
 
 class GrowthMethod:
@@ -191,7 +201,7 @@ class GrowthMethod:
             The parameter changes.
         """
         return add_output_channels(spec, fit_rows(proposal.rows, in_map), proposal.fan_out,
-                                   proposal.fan_out_grads)
+                                   proposal.fan_out_grads, proposal.fan_out_grad_sq)
 
     def describe(self, selected: List[int], scores: List[float]) -> str:
         """The decision, as the report line words it."""

@@ -40,7 +40,7 @@ from ..candidates import generate_candidates, random_directions, typical_norm
 from ..net import SiteSpec
 from ..statistics import Accumulator, SiteStatistics, consumer_slice_gradient
 from . import register_method
-from .base import GrowthMethod, Option, Proposal, positive_int
+from .base import GrowthMethod, Option, Proposal, positive_int, rows_of
 from .sample_select import N_CANDIDATES
 
 #: The linearised problem is solved in a subspace of the fan-in space of at
@@ -203,7 +203,8 @@ class GradMax(GrowthMethod):
         pair = corr[idx][:, idx].fill_diagonal_(0) if n_new > 1 else torch.zeros(1, 1)
         return Proposal(
             rows=stats.candidates[kept], selected=kept, scores=scores.tolist(),
-            fan_out_grads=[g.index_select(0, idx.to(g.device)) for g in stats.fan_out_grads],
+            fan_out_grads=rows_of(stats.fan_out_grads, idx),
+            fan_out_grad_sq=rows_of(stats.fan_out_grad_sq, idx),
             details={"feature_corr": rhos,
                      "max_corr_kept": float(pair.max()),
                      "max_corr_existing": float(to_existing[idx].max()),

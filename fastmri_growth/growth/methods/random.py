@@ -48,6 +48,7 @@ class Random(GrowthMethod):
             rows=stats.candidates, selected=list(range(n_new)),
             scores=[] if scores is None else scores.tolist(),
             fan_out_grads=stats.fan_out_grads,
+            fan_out_grad_sq=stats.fan_out_grad_sq,
         )
 
     def describe(self, selected: List[int], scores: List[float]) -> str:

@@ -18,7 +18,7 @@ from ..candidates import generate_candidates, select_diverse
 from ..net import SiteSpec
 from ..statistics import SiteStatistics
 from . import register_method
-from .base import GrowthMethod, Option, Proposal, positive_int
+from .base import GrowthMethod, Option, Proposal, positive_int, rows_of
 
 N_CANDIDATES = Option(
     "n_candidates", 10, int, positive_int("n_candidates"),
@@ -56,7 +56,8 @@ class SampleSelect(GrowthMethod):
         idx = torch.tensor(selected, device=scores.device)
         return Proposal(
             rows=stats.candidates[selected], selected=selected, scores=scores.tolist(),
-            fan_out_grads=[g.index_select(0, idx.to(g.device)) for g in stats.fan_out_grads],
+            fan_out_grads=rows_of(stats.fan_out_grads, idx),
+            fan_out_grad_sq=rows_of(stats.fan_out_grad_sq, idx),
         )
 
     def describe(self, selected: List[int], scores: List[float]) -> str:
