@@ -1,7 +1,8 @@
 """Old import path of ``fastmri-growth-train``: :mod:`fastmri_growth.cli.train`.
 
 ``import fastmri_growth.train`` gives that module itself, so everything it
-defines (and monkeypatching it) works through either name;
+defines or re-exports works through either name (monkeypatching it reaches
+what the command calls from there);
 ``python -m fastmri_growth.train`` runs the command.
 """
 import sys

@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 import torch
 
-from fastmri_growth.cli import evaluate, train, train_checks
+from fastmri_growth.cli import evaluate, run_checks, train, train_checks
 
 REPO = Path(__file__).resolve().parents[1]
 PROG_ERROR = "fastmri-growth-train: error: "
@@ -358,7 +358,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(trained, knee, tmp_path
 def test_full_root_dir_is_refused_up_front(knee, tmp_path, monkeypatch, capfd):
     from fastmri_growth.pl_modules import DynamicUnetModule
 
-    monkeypatch.setattr(train_checks, "free_bytes", lambda path: 100_000)
+    monkeypatch.setattr(run_checks, "free_bytes", lambda path: 100_000)
     code, out, err = run_main(["--data_path", knee, "--default_root_dir", tmp_path / "run",
                                *TINY], capfd)
     assert code == 2 and len(err) == 1, err

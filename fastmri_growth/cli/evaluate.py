@@ -194,7 +194,7 @@ def _check_leaderboard_data(args) -> Path:
     Raises:
         EvaluationError: naming the file and the fix; nothing is written.
     """
-    from fastmri_growth.cli.train_checks import check_writable_folder
+    from fastmri_growth.cli.run_checks import check_writable_folder
     from fastmri_growth.cli.common import UsageError
     from fastmri_growth.data.fastmri_format import TARGET_KEYS, check_split_dir
     from fastmri_growth.evaluation.inference import resolve_split_dir
@@ -225,7 +225,7 @@ def _check_leaderboard_data(args) -> Path:
 
 def _check_network_fits(network, split: Path, challenge: str) -> None:
     """A U-Net's pooling depth against the images of the split's first file."""
-    from fastmri_growth.cli.train_checks import _unet_input_size, max_pool_layers
+    from fastmri_growth.cli.data_checks import _unet_input_size, max_pool_layers
 
     pools = getattr(network, "num_pool_layers", None)
     if not isinstance(pools, int):
