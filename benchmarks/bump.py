@@ -24,7 +24,8 @@ Configurations: growth method x optimizer treatment:
   ``sample_select`` + ``fan_out_init="descent"``;
 * treatments: second moments seeded with the ``mean`` of the existing ones,
   with the new slices' squared gradient (``grad``, the default since this
-  benchmark measured it), a 25-step update ramp, and both.
+  benchmark measured it), with their mean squared per-batch gradient
+  (``moment``), a 25-step update ramp, and ramp with ``grad``.
 """
 
 import statistics
@@ -49,6 +50,7 @@ METHODS = {
 TREATMENTS = {
     "mean": {"optimizer_seeding": "mean"},
     "grad": {"optimizer_seeding": "grad"},
+    "moment": {"optimizer_seeding": "moment"},
     "ramp": {"optimizer_seeding": "mean", "new_filter_ramp_steps": 25},
     "grad+ramp": {"optimizer_seeding": "grad", "new_filter_ramp_steps": 25},
 }

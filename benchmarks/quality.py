@@ -178,6 +178,8 @@ CONFIGS: Dict[str, Config] = {
     "auto_sites": _grown("sample_select, auto sites (4)", "sample_select", "--auto_sites", "4"),
     "no_seeding": _grown("sample_select, no optimizer treatment", "sample_select",
                          "--optimizer_seeding", "mean"),
+    "moment_seeding": _grown("sample_select, moment seeding", "sample_select",
+                             "--optimizer_seeding", "moment", decide=True),
     "early": _grown("sample_select, growth ends early", "sample_select", timing="early"),
     "late": _grown("sample_select, growth ends late", "sample_select", timing="late"),
     "exchange": Config("exchange at chans 4 (taylor)", group="exchange",
