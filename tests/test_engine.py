@@ -20,8 +20,11 @@ from fastmri_growth.pl_modules import DynamicUnetModule, load_module
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "fastmri_growth"
+# No update ramp: the version before the growth callback had none, so its
+# checkpoints carry no ramp state (tests/test_dynamic_unet_module.py resumes
+# mid-ramp).
 OPTIONS = dict(chans=2, num_pool_layers=2, n_candidates=2, layers_to_grow=["down_0:1"],
-               growth_interval=2)
+               growth_interval=2, new_filter_ramp_steps=0)
 
 
 # ------------------------------------------------------ checkpoints of older versions

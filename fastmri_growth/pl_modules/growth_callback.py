@@ -135,7 +135,7 @@ class GrowthCallback(pl.Callback):
         auto_sites: Optional[int] = None,
         site_criterion: str = DEFAULT_SITE_CRITERION,
         optimizer_seeding: str = "grad",
-        new_filter_ramp_steps: int = 0,
+        new_filter_ramp_steps: int = 80,
         prune: Optional[PruneSchedule] = None,
     ):
         """
@@ -170,7 +170,9 @@ class GrowthCallback(pl.Callback):
                 per-batch gradient, never below the mean), ``"mean"`` of the
                 existing ones, or ``"zero"``.
             new_filter_ramp_steps: Ramp the new weights' updates linearly from
-                0 to full over this many optimizer steps (0: no ramp).
+                0 to full over this many optimizer steps (0: no ramp). The
+                default, 80, was measured to remove the training-loss bump
+                after an event (RMSprop, batch 4) at equal validation quality.
             prune: When and how to remove filters (:class:`PruneSchedule`;
                 None: never). Its ``exchange`` mode prunes, at every growth
                 event, as many filters as the event adds.
@@ -264,6 +266,30 @@ class GrowthCallback(pl.Callback):
         self.schedule.state = restored
         last = state_dict.get("last_validation")
         self._last_validation = tuple(last) if last else None
+
+    #: Checkpoint key of the recently added weights' masks and step counts
+    #: (LR scale and ramp), by parameter name: a resume mid-ramp goes on
+    #: exactly where the interrupted run was.
+    NEW_WEIGHTS_KEY = "growth_new_weights"
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: Dict[str, Any]) -> None:
+        if not self._new:
+            return
+        names = {id(p): n for n, p in pl_module.named_parameters()}
+        checkpoint[self.NEW_WEIGHTS_KEY] = {
+            names[id(p)]: {"mask": rec[0].detach().cpu(), "steps": rec[1], "epoch": rec[2]}
+            for p, rec in self._new.items() if id(p) in names}
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: Dict[str, Any]) -> None:
+        # Runs after the module has been resized to the stored widths and its
+        # weights loaded, so the names point at the live parameters.
+        saved = checkpoint.get(self.NEW_WEIGHTS_KEY) or {}
+        params = dict(pl_module.named_parameters())
+        self._new = {}
+        for name, rec in saved.items():
+            p = params.get(name)
+            if p is not None and tuple(p.shape) == tuple(rec["mask"].shape):
+                self._new[p] = [rec["mask"].to(p.device), int(rec["steps"]), int(rec["epoch"])]
 
     def prepare(self, net) -> None:
         """Fix what depends on the network at the start of growth (the budget's targets).
@@ -361,6 +387,8 @@ class GrowthCallback(pl.Callback):
                     continue
                 rec[1] += 1
                 scale = self._update_scale(rec, epoch)
+                if rec[0].device != p.device:  # restored on the CPU, moved since
+                    rec[0] = rec[0].to(p.device)
                 if scale != 1.0:
                     p.copy_(torch.where(rec[0], before + scale * (p - before), p))
         self._before_step = {}

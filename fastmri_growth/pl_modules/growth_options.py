@@ -108,7 +108,10 @@ GROWTH_FLAGS = (
                "moment (the mean over the scoring batches of their squared per-batch gradient, "
                "never below the mean), mean of the existing entries, or zero",
                choices=lambda: list(SEEDINGS)),
-    GrowthFlag("new_filter_ramp_steps", 0, "Ramp new weights' updates from 0 to full over N "
+    # 80: measured to remove the loss bump after an event, at no cost in quality
+    # (benchmarks/README.md, quality study); RMSprop's average of squared
+    # gradients has a time constant of 100 steps.
+    GrowthFlag("new_filter_ramp_steps", 80, "Ramp new weights' updates from 0 to full over N "
                "optimizer steps (0: none)", type=int),
     GrowthFlag("growth_end_epoch", None, "budget schedule: the epoch of the last growth event",
                type=optional_int),
