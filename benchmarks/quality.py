@@ -177,9 +177,15 @@ CONFIGS: Dict[str, Config] = {
                               decide=True),
     "auto_sites": _grown("sample_select, auto sites (4)", "sample_select", "--auto_sites", "4"),
     "no_seeding": _grown("sample_select, no optimizer treatment", "sample_select",
-                         "--optimizer_seeding", "mean"),
+                         "--optimizer_seeding", "mean", "--new_filter_ramp_steps", "0"),
+    "no_ramp": _grown("sample_select, grad seeding, no ramp", "sample_select",
+                      "--new_filter_ramp_steps", "0", decide=True),
     "moment_seeding": _grown("sample_select, moment seeding", "sample_select",
-                             "--optimizer_seeding", "moment", decide=True),
+                             "--optimizer_seeding", "moment"),
+    # Diagnostic of the loss bump: instead of the ramp, new weights at 0.3x
+    # the learning rate for the event's epoch (80 steps).
+    "slow_new": _grown("sample_select, new weights at 0.3 lr, no ramp", "sample_select",
+                       "--new_filter_lr_scale", "0.3", "--new_filter_ramp_steps", "0"),
     "early": _grown("sample_select, growth ends early", "sample_select", timing="early"),
     "late": _grown("sample_select, growth ends late", "sample_select", timing="late"),
     "exchange": Config("exchange at chans 4 (taylor)", group="exchange",
@@ -205,7 +211,7 @@ REGIMES: Dict[str, Regime] = {
     "anatomy128": Regime(
         phantom="anatomy", recon_size=128, train=40, val=20, slices=8, batch=4, epochs=19,
         pools=3, start_chans=4, target_chans=8, timings=_TIMINGS, prune_epoch=3,
-        seeds_decide=(0, 1, 2), seeds_other=(0, 1, 2),
+        seeds_decide=(0, 1, 2, 3, 4), seeds_other=(0, 1, 2),
         configs=("fixed_c4", "fixed_c8", "sample_select", "random", "sample_select_descent")),
 }
 #: ``--quick``: the same configurations and code path on tiny data.

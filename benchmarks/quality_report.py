@@ -409,7 +409,8 @@ _STYLE = {
     "sample_select": ("tab:blue", "o"), "random": ("tab:gray", "s"), "gradmax": ("tab:green", "^"),
     "sample_select_descent": ("tab:blue", "D"), "random_descent": ("tab:gray", "D"),
     "gradmax_descent": ("tab:green", "D"), "auto_sites": ("tab:purple", "P"),
-    "no_seeding": ("tab:cyan", "v"), "moment_seeding": ("tab:cyan", "^"), "early": ("tab:olive", "<"), "late": ("tab:brown", ">"),
+    "no_seeding": ("tab:cyan", "v"), "moment_seeding": ("tab:cyan", "^"),
+    "slow_new": ("teal", "v"), "no_ramp": ("tab:red", "v"), "early": ("tab:olive", "<"), "late": ("tab:brown", ">"),
     "exchange": ("tab:orange", "X"), "exchange_magnitude": ("goldenrod", "X"),
     "pruned_magnitude": ("tab:red", "*"),
     "pruned_taylor": ("tab:pink", "*"),
@@ -492,7 +493,7 @@ def plots(result: dict, folder: Path) -> List[Path]:
     rname = names[0]
     by = _by(result["runs"], rname)
     rows = [[n for n in ("sample_select", "random", "gradmax", "sample_select_descent",
-                         "random_descent", "no_seeding", "moment_seeding") if n in by],
+                         "random_descent", "no_ramp", "no_seeding") if n in by],
             [n for n in ("exchange", "exchange_magnitude", "pruned_magnitude", "pruned_taylor")
              if n in by]]
     rows = [r for r in rows if r]
