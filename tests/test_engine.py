@@ -9,14 +9,11 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
-from fastmri.data import SliceDataset
-from fastmri.data.subsample import RandomMaskFunc
-from fastmri.data.transforms import UnetDataTransform
 from pytorch_lightning.callbacks import ModelCheckpoint
-from torch.utils.data import DataLoader
 
 from fastmri_growth.data.synthetic import generate_dataset
 from fastmri_growth.pl_modules import DynamicUnetModule, load_module
+from tests.fit_helpers import cpu_trainer, slice_loader as _loader
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "fastmri_growth"
@@ -51,18 +48,10 @@ def to_legacy_format(ckpt: dict) -> dict:
     return ckpt
 
 
-def _loader(root, split):
-    mask = RandomMaskFunc([0.08], [4])
-    ds = SliceDataset(root / f"singlecoil_{split}", challenge="singlecoil", use_dataset_cache=False,
-                      transform=UnetDataTransform("singlecoil", mask_func=mask, use_seed=True))
-    return DataLoader(ds, batch_size=1)
 
 
 def _trainer(root, epochs, **kw):
-    return pl.Trainer(accelerator="cpu", max_epochs=epochs, logger=False, deterministic=True,
-                      enable_progress_bar=False, enable_model_summary=False,
-                      num_sanity_val_steps=0, limit_train_batches=2, limit_val_batches=1,
-                      default_root_dir=str(root), **kw)
+    return cpu_trainer(root, epochs, limit_val_batches=1, **kw)
 
 
 @pytest.fixture(scope="module")

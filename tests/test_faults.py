@@ -16,7 +16,6 @@ import torch
 from fastmri.data import SliceDataset
 from fastmri.data.subsample import RandomMaskFunc
 from fastmri.data.transforms import UnetDataTransform
-from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
 from fastmri_growth.data.synthetic import generate_dataset

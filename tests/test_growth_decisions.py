@@ -21,7 +21,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
 from fastmri_growth.data.synthetic import generate_dataset
-from fastmri_growth.growth import METHODS, Site, generate_candidates, grow
+from fastmri_growth.growth import Site, generate_candidates, grow
 from fastmri_growth.growth.engine import descent_fan_out, mean_loss
 from fastmri_growth.growth.methods.gradmax import (
     FeatureMoments,
@@ -35,6 +35,7 @@ from fastmri_growth.growth.scoring import SITE_CRITERIA, brute_force_scores_at, 
 from fastmri_growth.growth.statistics import collect
 from fastmri_growth.models import DynamicUnet, default_widths, score_sites
 from fastmri_growth.pl_modules import DynamicUnetModule, GrowthCallback
+from tests.fit_helpers import cpu_trainer as trainer, slice_loader as loader
 
 F64 = torch.float64
 
@@ -438,19 +439,6 @@ def knee(tmp_path_factory):
     return root / "knee"
 
 
-def loader(knee, split="train"):
-    mask = RandomMaskFunc([0.08], [4])
-    ds = SliceDataset(knee / f"singlecoil_{split}", challenge="singlecoil",
-                      use_dataset_cache=False,
-                      transform=UnetDataTransform("singlecoil", mask_func=mask, use_seed=True))
-    return DataLoader(ds, batch_size=1)
-
-
-def trainer(root, epochs, **kw):
-    return pl.Trainer(accelerator="cpu", max_epochs=epochs, logger=False, deterministic=True,
-                      enable_progress_bar=False, enable_model_summary=False,
-                      num_sanity_val_steps=0, limit_train_batches=2, limit_val_batches=0,
-                      default_root_dir=str(root), **kw)
 
 
 BUDGET = dict(chans=2, num_pool_layers=2, growth_schedule="budget", target_chans=4,

@@ -3,24 +3,20 @@ Taylor criterion against the measured loss change, optimizer rows of kept
 filters, remove/grow round trips, pruning in a Lightning fit (resume, exchange),
 bad input."""
 
-import copy
 
 import pytest
 import pytorch_lightning as pl
 import torch
-from fastmri.data import SliceDataset
-from fastmri.data.subsample import RandomMaskFunc
-from fastmri.data.transforms import UnetDataTransform
 from pytorch_lightning.callbacks import ModelCheckpoint
 from torch.nn import functional as F
-from torch.utils.data import DataLoader
 
 from fastmri_growth.data.synthetic import generate_dataset
-from fastmri_growth.growth import Site, grow, prune
+from fastmri_growth.growth import Site, prune
 from fastmri_growth.growth.optim import remap_optimizer_state
 from fastmri_growth.growth.pruning import score_filters
 from fastmri_growth.models import DynamicUnet
 from fastmri_growth.pl_modules import DynamicUnetModule
+from tests.fit_helpers import cpu_trainer as trainer, slice_loader as loader
 
 F64 = torch.float64
 
@@ -216,18 +212,6 @@ def knee(tmp_path_factory):
     return root / "knee"
 
 
-def loader(knee):
-    ds = SliceDataset(knee / "singlecoil_train", challenge="singlecoil", use_dataset_cache=False,
-                      transform=UnetDataTransform("singlecoil", mask_func=RandomMaskFunc([0.08], [4]),
-                                                  use_seed=True))
-    return DataLoader(ds, batch_size=1)
-
-
-def trainer(root, epochs, **kw):
-    return pl.Trainer(accelerator="cpu", max_epochs=epochs, logger=False, deterministic=True,
-                      enable_progress_bar=False, enable_model_summary=False,
-                      num_sanity_val_steps=0, limit_train_batches=2, limit_val_batches=0,
-                      default_root_dir=str(root), **kw)
 
 
 PRUNE = dict(chans=4, num_pool_layers=2, prune_schedule="interval", prune_interval=2,
