@@ -310,7 +310,7 @@ def _data_module(knee: Path, seed: int):
     from fastmri.data.subsample import create_mask_for_mask_type
     from fastmri.data.transforms import VarNetDataTransform
 
-    from fastmri_growth.pl_modules.lightning2 import FastMriDataModule
+    from fastmri_growth.pl_modules.data_module import FastMriDataModule
 
     mask = create_mask_for_mask_type("random", [0.08, 0.04], [4, 8])
     mask.rng = np.random.RandomState(seed)  # the same training masks for every configuration

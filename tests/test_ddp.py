@@ -25,7 +25,7 @@ DDP_SCRIPT = textwrap.dedent(
     from fastmri.data.transforms import UnetDataTransform
     from pytorch_lightning.strategies import DDPStrategy
     from fastmri_growth.pl_modules import DynamicUnetModule
-    from fastmri_growth.pl_modules.lightning2 import FastMriDataModule
+    from fastmri_growth.pl_modules.data_module import FastMriDataModule
 
     data_root, out, devices = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
     options = json.loads(sys.argv[4])

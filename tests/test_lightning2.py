@@ -27,12 +27,8 @@ from fastmri.pl_modules.mri_module import MriModule
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
 from fastmri_growth.pl_modules.data_module import FastMriDataModule, _DistributedVolumeSampler
-from fastmri_growth.pl_modules.lightning2 import (
-    Lightning2MriMixin,
-    UnetModule,
-    VarNetModule,
-    str2bool,
-)
+from fastmri_growth.flags import str2bool
+from fastmri_growth.pl_modules.lightning2 import Lightning2MriMixin, UnetModule, VarNetModule
 
 UNET_KW = dict(chans=4, num_pool_layers=2)
 VARNET_KW = dict(num_cascades=1, pools=2, chans=2, sens_pools=2, sens_chans=2)
@@ -532,7 +528,8 @@ DDP_SCRIPT = textwrap.dedent(
     import torch
     from fastmri.data.subsample import RandomMaskFunc
     from fastmri.data.transforms import UnetDataTransform
-    from fastmri_growth.pl_modules.lightning2 import FastMriDataModule, UnetModule
+    from fastmri_growth.pl_modules.data_module import FastMriDataModule
+    from fastmri_growth.pl_modules.lightning2 import UnetModule
 
     data_root, weights, out = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
     mask = RandomMaskFunc(center_fractions=[0.08], accelerations=[4])

@@ -746,7 +746,7 @@ from fastmri.data.subsample import RandomMaskFunc
 from fastmri.data.transforms import VarNetDataTransform
 from pytorch_lightning.strategies import DDPStrategy
 from fastmri_growth.pl_modules import DynamicVarNetModule
-from fastmri_growth.pl_modules.lightning2 import FastMriDataModule
+from fastmri_growth.pl_modules.data_module import FastMriDataModule
 
 data_root, out = Path(sys.argv[1]), Path(sys.argv[2])
 mask = RandomMaskFunc(center_fractions=[0.08], accelerations=[4])

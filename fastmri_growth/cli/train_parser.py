@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional, Sequence, Type
 
-from fastmri_growth.cli.common import HelpFormatter, OneLineParser, UsageError, redeclare, str2bool
+from fastmri_growth.cli.common import HelpFormatter, OneLineParser, UsageError
 from fastmri_growth.cli.dataset_cache import DATASET_CACHE_FILE
 from fastmri_growth.cli.train_checks import (
     DEMO_DEFAULTS,
@@ -25,6 +25,7 @@ from fastmri_growth.cli.train_checks import (
 )
 from fastmri_growth.cli.trainer_flags import add_trainer_args
 from fastmri_growth.data.fastmri_format import DIRS_CONFIG, MASK_TYPES, synth_hint
+from fastmri_growth.flags import redeclare, str2bool
 
 PROG = "fastmri-growth-train"
 DEFAULT_MODEL_TYPE = "dynamic_unet"
@@ -95,7 +96,7 @@ def data_transforms(model_type: str, challenge: str, mask_func) -> tuple:
 
 def data_module_class() -> Type:
     """FastMriDataModule as fixed for Lightning 2 (same flags as fastMRI's)."""
-    from fastmri_growth.pl_modules.lightning2 import FastMriDataModule
+    from fastmri_growth.pl_modules.data_module import FastMriDataModule
 
     return FastMriDataModule
 

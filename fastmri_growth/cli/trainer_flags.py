@@ -18,7 +18,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional
 
-from fastmri_growth.cli.common import str2bool
+from fastmri_growth.flags import str2bool
 
 #: Trainer arguments the training command sets itself: the loggers, the
 #: checkpoint and progress callbacks, fastMRI's samplers (the data module

@@ -10,7 +10,7 @@ from fastmri import pl_modules as fastmri_pl
 from fastmri.data import CombinedSliceDataset, SliceDataset, VolumeSampler
 from fastmri.pl_modules.data_module import worker_init_fn
 
-from fastmri_growth.cli.common import redeclare, str2bool
+from fastmri_growth.flags import redeclare, str2bool
 
 __all__ = ["FastMriDataModule"]
 

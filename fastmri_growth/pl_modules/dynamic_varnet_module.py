@@ -21,7 +21,7 @@ from typing import List, Optional
 import torch
 from fastmri.data import transforms
 
-from ..cli.common import redeclare
+from ..flags import redeclare
 from ..models import DynamicVarNet
 from .growable import GrowthMixin
 from .growth_options import (

@@ -22,9 +22,8 @@ so ``validation_loss`` and ``val_metrics/{nmse,ssim,psnr}`` are computed and
 reduced across processes exactly as fastMRI defines them.
 
 :class:`UnetModule` and :class:`VarNetModule` are fastMRI's modules ported
-this way (same constructors). :class:`FastMriDataModule` is fastMRI's data
-module with the traps that bite on Lightning 2 or on a command line removed
-(see its docstring).
+this way (same constructors). fastMRI's data module, fixed the same way, is
+:class:`fastmri_growth.pl_modules.data_module.FastMriDataModule`.
 """
 from __future__ import annotations
 
@@ -38,16 +37,9 @@ import torch
 from fastmri import pl_modules as fastmri_pl
 from fastmri.pl_modules.mri_module import MriModule
 
-from fastmri_growth.cli.common import redeclare, str2bool
+from fastmri_growth.flags import redeclare, str2bool
 
-__all__ = [
-    "FastMriDataModule",
-    "LEGACY_HOOKS",
-    "Lightning2MriMixin",
-    "UnetModule",
-    "VarNetModule",
-    "str2bool",
-]
+__all__ = ["LEGACY_HOOKS", "Lightning2MriMixin", "UnetModule", "VarNetModule"]
 
 # Lightning 1.x hooks that Lightning 2 either rejects (the *_epoch_end ones)
 # or silently never calls (the *_step_end ones).
@@ -326,7 +318,3 @@ class VarNetModule(Lightning2MriMixin, fastmri_pl.VarNetModule):
                 ),
             ),
         )
-
-
-# Kept importable from here, where it was first defined.
-from fastmri_growth.pl_modules.data_module import FastMriDataModule  # noqa: E402
