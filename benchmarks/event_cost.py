@@ -5,7 +5,7 @@ included) against one training step (zero_grad, forward, L1 loss, backward,
 RMSprop step) on the same batch, the sides timed alternately:
 
 * ``score_sites``: random candidates scored at every site in ONE statistics
-  pass (``fastmri_growth.models.score_sites``, N = 10 per site);
+  pass (``fastmri_growth.models.dynamic_unet.score_sites``, N = 10 per site);
 * a whole event at every site with ``sample_select`` (one pass, then the
   surgery of every site), with ``random``, with ``gradmax`` (two passes),
   and with ``sample_select`` plus the descent fan-out line search;
@@ -48,7 +48,7 @@ def _timed(fn, setup=None, device=torch.device("cpu")):
 def run(quick: bool = False, cfg: Dict = None, device: str = "cpu") -> Dict:
     """Time every side against a training step; return figures and ratios."""
     from fastmri_growth.growth import grow
-    from fastmri_growth.models import DynamicUnet, score_sites
+    from fastmri_growth.models.dynamic_unet import DynamicUnet, score_sites
 
     cfg = dict(QUICK if quick else FULL, **(cfg or {}))
     dev = torch.device(device)

@@ -125,7 +125,8 @@ def time_growth(cfg: dict, device: torch.device, candidates: Sequence[int], site
 
 def time_brute_force(cfg: dict, device: torch.device, candidates: Sequence[int]) -> List[dict]:
     """One-pass scoring vs brute force on the same candidates."""
-    from fastmri_growth.models import brute_force_scores, generate_candidates, score_candidates
+    from fastmri_growth.growth.candidates import generate_candidates
+    from fastmri_growth.models.dynamic_unet import brute_force_scores, score_candidates
 
     model, x, y = _build(cfg["chans"], cfg["num_pool_layers"], cfg["side"], cfg["batch"], device)
     layer, conv_idx = _resolve_site(cfg["brute_site"], cfg["num_pool_layers"])

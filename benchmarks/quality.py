@@ -1,8 +1,8 @@
 """Benchmark 4: what growth buys, in a regime where capacity is the bottleneck.
 
 Every run goes through the path a user runs: the training command's own
-parser and checks (``fastmri_growth.cli.train.parse_args`` and
-``validate_args`` on the flags listed per configuration below), the
+parser and checks (``fastmri_growth.cli.train_parser.parse_args`` and
+``train_checks.validate_args`` on the flags listed per configuration below), the
 ``DynamicUnetModule`` they build, fastMRI's data module and transforms, and a
 Lightning ``Trainer``. After training, the network is evaluated on the
 validation split as the leaderboard does (fixed masks at 4x with centre
@@ -480,8 +480,9 @@ def train_one(spec: dict) -> dict:
     import numpy as np
     import pytorch_lightning as pl
 
-    from fastmri_growth.cli import train as train_cli
     from fastmri_growth.cli.train_checks import validate_args
+    from fastmri_growth.cli.train_parser import model_arg_names, parse_args
+    from fastmri_growth.cli.train_setup import build_data_module
 
     from . import training
 
@@ -490,13 +491,13 @@ def train_one(spec: dict) -> dict:
     seed, side = spec["seed"], spec["regime_spec"]["recon_size"]
     scratch = Path(tempfile.mkdtemp(prefix=f"{spec['config']}_s{seed}_", dir=spec["work"]))
     try:
-        args = train_cli.parse_args(spec["flags"] + [
+        args = parse_args(spec["flags"] + [
             "--data_path", spec["data_path"], "--default_root_dir", str(scratch / "run")])
         validate_args(args)  # the command's own checks, before anything trains
         cls = counting_module_class()
         pl.seed_everything(seed, verbose=False)  # initial weights
-        module = cls(**{n: getattr(args, n) for n in train_cli.model_arg_names(cls)})
-        dm = train_cli.build_data_module(args, distributed_sampler=False)
+        module = cls(**{n: getattr(args, n) for n in model_arg_names(cls)})
+        dm = build_data_module(args, distributed_sampler=False)
         # Seeded training masks: same seed, same masks in the same order.
         dm.train_transform.mask_func.rng = np.random.RandomState(seed)
         pl.seed_everything(seed, verbose=False)  # data order, the same for every width

@@ -374,7 +374,7 @@ def _train(name: str, seed: int, knee: Path, cfg: dict, workdir: Path, batch) ->
 
 
 def _layer_ids(pools: int) -> List[str]:
-    from fastmri_growth.models import layer_ids
+    from fastmri_growth.models.unet_spec import layer_ids
 
     return layer_ids(pools)
 

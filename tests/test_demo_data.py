@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from fastmri_growth import demo
+from fastmri_growth.cli import demo
 from fastmri_growth.data.phantoms import anatomy
 from fastmri_growth.data.synthetic import MANIFEST_NAME
 

@@ -753,12 +753,16 @@ def test_plateau_counts_only_epochs_that_validated(knee, tmp_path):
 
 
 def test_progressive_epochs_are_not_subject_to_growth_start_epoch():
-    from fastmri_growth.growth_schedule import GrowthSchedule, parse_progressive, parse_sites
+    from fastmri_growth.growth.schedule import GrowthSchedule, parse_progressive
+    from fastmri_growth.growth.sites import Site, parse_sites
+    from fastmri_growth.models.unet_spec import layer_ids
 
+    block_sites = [Site(lid, c) for lid in layer_ids(2) for c in (0, 1)]
     schedule = GrowthSchedule(kind="progressive", sites=[], start_epoch=1,
-                              progressive=parse_progressive("0:down_0;2:up_1:1", 2))
-    assert schedule.sites_for_epoch(0) == [("down_0", 0), ("down_0", 1)]
+                              progressive=parse_progressive("0:down_0;2:up_1:1", block_sites))
+    assert schedule.sites_for_epoch(0) == [Site("down_0", 0), Site("down_0", 1)]
     assert schedule.sites_for_epoch(1) == []
-    assert schedule.sites_for_epoch(2) == [("up_1", 1)]
+    assert schedule.sites_for_epoch(2) == [Site("up_1", 1)]
     # A generator of entries is read once, not consumed by a length check.
-    assert parse_sites((e for e in ["up_1:1", "down_0:0"]), 2) == [("down_0", 0), ("up_1", 1)]
+    assert parse_sites((e for e in ["up_1:1", "down_0:0"]), block_sites) == [
+        Site("down_0", 0), Site("up_1", 1)]

@@ -1,9 +1,7 @@
-"""The growth engine's layout promises: old checkpoints and import paths, no cycles,
-one owner of fastMRI's format facts, a Lightning-free engine."""
+"""The growth engine's layout promises: old checkpoints still load and resume, and
+one owner of fastMRI's format facts (the import layering is in test_layering.py)."""
 
 import ast
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -98,98 +96,7 @@ def test_old_checkpoint_resumes_like_the_uninterrupted_run(legacy):
         torch.testing.assert_close(v, full[k], rtol=0, atol=1e-6)
 
 
-# ----------------------------------------------------------------------- imports
-OLD_PATHS = [
-    ("fastmri_growth.train", "parse_args"), ("fastmri_growth.demo", "main"),
-    ("fastmri_growth.evaluate", "evaluate_folders"), ("fastmri_growth.evaluate", "main"),
-    ("fastmri_growth.inference", "reconstruct"), ("fastmri_growth.inference", "recons_key"),
-    ("fastmri_growth.plot", "plot_curves"), ("fastmri_growth.plot", "main"),
-    ("fastmri_growth.growth_schedule", "GrowthSchedule"),
-    ("fastmri_growth.models.growth", "GROWTH_METHODS"),
-    ("fastmri_growth.models.growth", "DEFAULT_SPLIT_NOISE"),
-    ("fastmri_growth.models.scoring", "score_candidates"),
-    ("fastmri_growth.models.surgery", "ParamChange"),
-    ("fastmri_growth.models.optim", "grow_optimizer_state"),
-    ("fastmri_growth.pl_modules.lightning2", "FastMriDataModule"),
-    ("fastmri_growth.data.synthetic", "generate_dataset"),
-]
-
-
-@pytest.mark.parametrize("module,name", OLD_PATHS, ids=[f"{m}.{n}" for m, n in OLD_PATHS])
-def test_old_import_paths_keep_working(module, name):
-    mod = __import__(module, fromlist=[name])
-    assert callable(getattr(mod, name)) or getattr(mod, name) is not None
-
-
-@pytest.mark.parametrize("module,name,new", [
-    ("fastmri_growth.models.scoring", "collect_statistics", "fastmri_growth.growth.statistics"),
-    ("fastmri_growth.models.surgery", "append_slices", "fastmri_growth.growth.surgery"),
-    ("fastmri_growth.models.growth", "sample_select", "fastmri_growth.growth.methods"),
-])
-def test_removed_internals_name_their_new_home(module, name, new):
-    with pytest.raises(ImportError, match=new.replace(".", r"\.")):
-        exec(f"from {module} import {name}", {})
-
-
-def test_old_train_path_is_the_cli_module():
-    import fastmri_growth.cli.train
-    import fastmri_growth.train
-
-    assert fastmri_growth.train is fastmri_growth.cli.train
-
-
-def _module_imports(path: Path, name: str):
-    """Modules of the package that ``path`` imports, at module level or inside functions."""
-    tree = ast.parse(path.read_text(encoding="utf-8"))
-    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    out = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            out.update(a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package.split(".")
-                base = base[:len(base) - node.level + 1]
-                mod = ".".join(base + ([node.module] if node.module else []))
-            else:
-                mod = node.module
-            out.add(mod)
-            out.update(f"{mod}.{a.name}" for a in node.names)
-    return {m for m in out if m and m.startswith("fastmri_growth")}
-
-
-def test_no_import_cycles():
-    modules = {}
-    for path in PACKAGE.rglob("*.py"):
-        rel = path.relative_to(REPO).with_suffix("")
-        parts = list(rel.parts)
-        if parts[-1] == "__init__":
-            parts = parts[:-1]
-        modules[".".join(parts)] = path
-    graph = {name: {m for m in _module_imports(path, name) if m in modules and m != name}
-             for name, path in modules.items()}
-    # A package's __init__ that re-exports its submodules is not a cycle with them.
-    for name in graph:
-        graph[name] = {m for m in graph[name] if not name.startswith(m + ".")}
-    state, stack = {}, []
-
-    def visit(node):
-        state[node] = "open"
-        stack.append(node)
-        for nxt in sorted(graph[node]):
-            if state.get(nxt) == "open":
-                cycle = stack[stack.index(nxt):] + [nxt]
-                raise AssertionError("import cycle: " + " -> ".join(cycle))
-            if nxt not in state:
-                visit(nxt)
-        stack.pop()
-        state[node] = "done"
-
-    for node in sorted(graph):
-        if node not in state:
-            visit(node)
-
-
+# ---------------------------------------------------------- format facts
 # Acquisition names also key the synthetic generator's contrast tables; these
 # are the facts that must have a single definition.
 FORMAT_FACTS = {"reconstruction_esc", "reconstruction_rss", "equispaced_fraction",
@@ -212,12 +119,3 @@ def test_fastmri_format_facts_are_defined_once():
     assert found, "the facts should be found in data/fastmri_format.py"
     for fact, paths in found.items():
         assert paths == {owner.relative_to(REPO).as_posix()}, (fact, paths)
-
-
-def test_engine_imports_no_lightning_and_no_fastmri():
-    code = ("import sys, fastmri_growth.growth, fastmri_growth.models; "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
-            "('pytorch_lightning', 'lightning', 'lightning_fabric', 'fastmri')))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, cwd=REPO).stdout.strip()
-    assert out == "[]", out

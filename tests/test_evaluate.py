@@ -11,14 +11,11 @@ import pytest
 import torch
 from fastmri import evaluate as fe
 
-from fastmri_growth import evaluate as ev
+from fastmri_growth.cli import evaluate as evaluate_cli
+from fastmri_growth.data.fastmri_format import expected_recon_shape
 from fastmri_growth.data.synthetic import generate_dataset
-from fastmri_growth.inference import (
-    expected_recon_shape,
-    fixed_mask_func,
-    leaderboard_validation,
-    reconstruct,
-)
+from fastmri_growth.evaluation import metrics as ev
+from fastmri_growth.evaluation.inference import fixed_mask_func, leaderboard_validation, reconstruct
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -100,7 +97,7 @@ def test_filters_select_volumes(folders):
 def test_main_prints_table_and_writes_json(folders, tmp_path, capsys):
     tdir, pdir, arrays = folders
     out = tmp_path / "res" / "m.json"
-    rc = ev.main(["--target-path", str(tdir), "--predictions-path", str(pdir),
+    rc = evaluate_cli.main(["--target-path", str(tdir), "--predictions-path", str(pdir),
                   "--challenge", "singlecoil", "--per-volume", "--json", str(out)])
     assert rc == 0
     text = capsys.readouterr().out
@@ -113,7 +110,7 @@ def test_main_prints_table_and_writes_json(folders, tmp_path, capsys):
     assert data["metrics"]["PSNR"]["mean"] == pytest.approx(result.mean("PSNR"), rel=1e-12)
     assert data["per_volume"]["c.h5"]["NMSE"] == pytest.approx(_direct(*arrays["c.h5"])["NMSE"])
     # The explicit subcommand gives the same numbers.
-    assert ev.main(["compare", "--target-path", str(tdir), "--predictions-path", str(pdir),
+    assert evaluate_cli.main(["compare", "--target-path", str(tdir), "--predictions-path", str(pdir),
                     "--challenge", "singlecoil", "--acceleration", "8"]) == 0
     assert capsys.readouterr().out.splitlines()[1].split()[-1] == "1"
 
@@ -146,7 +143,7 @@ def test_bad_compare_inputs_name_the_problem(folders, tmp_path):
 
 def _cli(*args):
     return subprocess.run(
-        [sys.executable, "-m", "fastmri_growth.evaluate", *map(str, args)],
+        [sys.executable, "-m", "fastmri_growth.cli.evaluate", *map(str, args)],
         capture_output=True, text=True, cwd=REPO,
     )
 
@@ -193,7 +190,7 @@ def test_main_bad_input_exits_2_with_one_line(folders, tmp_path, capsys):
     ]
     for args, expected in cases:
         try:
-            rc = ev.main([str(a) for a in args])
+            rc = evaluate_cli.main([str(a) for a in args])
         except SystemExit as exc:  # argparse errors exit from inside parse_args
             rc = exc.code
         assert rc == 2
@@ -212,7 +209,7 @@ def test_check_submission(tmp_path, capsys):
     for f in data:
         _write(sub / f.name, reconstruction=np.ones((3, 32, 32), np.float32))
     assert ev.check_submission(sub, data_dir) == []
-    assert ev.main(["check-submission", "--predictions-path", str(sub),
+    assert evaluate_cli.main(["check-submission", "--predictions-path", str(sub),
                     "--data-path", str(data_dir)]) == 0
     capsys.readouterr()
 
@@ -225,7 +222,7 @@ def test_check_submission(tmp_path, capsys):
         f"{v1}: shape (3, 32, 30), expected (3, 32, 32) (slices, H, W)",
         f"{v2}: missing (no {v2} in {sub})",
     ]
-    assert ev.main(["check-submission", "--predictions-path", str(sub),
+    assert evaluate_cli.main(["check-submission", "--predictions-path", str(sub),
                     "--data-path", str(data_dir)]) == 1
     out = capsys.readouterr().out
     assert "3 problem(s)" in out and f"{v2}: missing" in out
@@ -327,14 +324,14 @@ def test_leaderboard_validation_plain_module(synthetic_root, tmp_path):
 
 
 def test_every_multi_word_flag_takes_both_spellings_and_help_shows_defaults(capsys):
-    from fastmri_growth import plot
+    from fastmri_growth.cli import plot
 
     cases = [
-        (ev.build_parser(), ["compare", "--target_path", "t", "--predictions_path", "p",
+        (evaluate_cli.build_parser(), ["compare", "--target_path", "t", "--predictions_path", "p",
                                    "--challenge", "singlecoil", "--per_volume"]),
-        (ev.build_parser(), ["check-submission", "--predictions_path", "p",
+        (evaluate_cli.build_parser(), ["check-submission", "--predictions_path", "p",
                                    "--data_path", "d"]),
-        (ev.build_parser(), ["leaderboard", "--checkpoint", "c", "--data_path", "d",
+        (evaluate_cli.build_parser(), ["leaderboard", "--checkpoint", "c", "--data_path", "d",
                                    "--challenge", "multicoil", "--out", "o", "--mask_type",
                                    "equispaced", "--center_fractions", "0.08", "--batch_size",
                                    "3", "--num_workers", "2"]),
@@ -352,7 +349,7 @@ def test_every_multi_word_flag_takes_both_spellings_and_help_shows_defaults(caps
     assert (args.data_path, args.mask_type, args.center_fractions, args.batch_size,
             args.num_workers) == (Path("d"), "equispaced", [0.08], 3, 2)
 
-    for parser, sub in ((ev.build_parser(), "leaderboard"), (plot.build_parser(), "grid")):
+    for parser, sub in ((evaluate_cli.build_parser(), "leaderboard"), (plot.build_parser(), "grid")):
         with pytest.raises(SystemExit):
             parser.parse_args([sub, "--help"])
         text = " ".join(capsys.readouterr().out.split())

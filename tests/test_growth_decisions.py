@@ -33,7 +33,8 @@ from fastmri_growth.growth.optim import remap_optimizer_state
 from fastmri_growth.growth.schedule import width_of
 from fastmri_growth.growth.scoring import SITE_CRITERIA, brute_force_scores_at, site_value
 from fastmri_growth.growth.statistics import collect
-from fastmri_growth.models import DynamicUnet, default_widths, score_sites
+from fastmri_growth.models.dynamic_unet import DynamicUnet, score_sites
+from fastmri_growth.models.unet_spec import default_widths
 from fastmri_growth.pl_modules import DynamicUnetModule, GrowthCallback
 from tests.fit_helpers import cpu_trainer as trainer, slice_loader as loader
 

@@ -8,8 +8,9 @@ import pytest
 import torch
 from matplotlib import image as mpimg
 
-from fastmri_growth import plot
-from fastmri_growth.inference import fixed_mask_func, reconstruct
+from fastmri_growth.cli import plot as plot_cli
+from fastmri_growth.evaluation import plot
+from fastmri_growth.evaluation.inference import fixed_mask_func, reconstruct
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -58,7 +59,7 @@ def test_curves_from_newest_csv_marks_growth(tmp_path, capsys):
     assert result.missing == []
     assert _png_shape(result.out) == (640, 800)
 
-    assert plot.main(["curves", "--log-dir", str(run), "--out", str(tmp_path / "c2.png")]) == 0
+    assert plot_cli.main(["curves", "--log-dir", str(run), "--out", str(tmp_path / "c2.png")]) == 0
     captured = capsys.readouterr()
     assert captured.out.strip() == str(tmp_path / "c2.png")
     assert captured.err == ""
@@ -99,7 +100,7 @@ def test_curves_with_missing_columns(tmp_path, capsys):
     assert _png_shape(tmp_path / "c.png") == (640, 800)
 
     csv.write_text("epoch,step,val_metrics/psnr\n0,0,20\n1,1,21\n")
-    assert plot.main(["curves", "--log-dir", str(csv), "--out", str(tmp_path / "p.png")]) == 0
+    assert plot_cli.main(["curves", "--log-dir", str(csv), "--out", str(tmp_path / "p.png")]) == 0
     err = capsys.readouterr().err
     assert "has no network/params, network/filters, val_metrics/ssim; plotted the rest" in err
     assert _png_shape(tmp_path / "p.png") == (320, 800)  # one panel
@@ -168,7 +169,7 @@ def test_grid_of_test_files_has_two_columns(synthetic_root, tmp_path, capsys):
     test_split = synthetic_root / "brain" / "multicoil_test"
     reconstruct(torch.nn.Identity(), test_split, "multicoil", None, tmp_path / "sub",
                 progress=False)
-    assert plot.main(["grid", "--reconstructions", str(tmp_path / "sub"), "--data-path",
+    assert plot_cli.main(["grid", "--reconstructions", str(tmp_path / "sub"), "--data-path",
                       str(test_split), "--challenge", "multicoil", "--out",
                       str(tmp_path / "g.png"), "--num-slices", "3"]) == 0
     assert capsys.readouterr().out.strip() == str(tmp_path / "g.png")
@@ -180,7 +181,7 @@ def test_cli_bad_input_exits_2_with_one_line(tmp_path, case):
     (tmp_path / "empty_run").mkdir()
     log_dir = tmp_path / ("nope" if case == "no-log-dir" else "empty_run")
     args = ["curves", "--log-dir", log_dir, "--out", tmp_path / "c.png"]
-    proc = subprocess.run([sys.executable, "-m", "fastmri_growth.plot", *map(str, args)],
+    proc = subprocess.run([sys.executable, "-m", "fastmri_growth.cli.plot", *map(str, args)],
                           capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
@@ -207,7 +208,7 @@ def test_grid_bad_input_exits_2_with_one_line(synthetic_root, tmp_path, capsys):
     ]
     for extra, expected in cases:
         try:
-            rc = plot.main(base + extra)
+            rc = plot_cli.main(base + extra)
         except SystemExit as exc:  # argparse errors exit from inside parse_args
             rc = exc.code
         assert rc == 2

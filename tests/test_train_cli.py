@@ -1,6 +1,6 @@
-"""The train/test command line (``fastmri_growth.train``), end to end.
+"""The train/test command line (``fastmri_growth.cli.train``), end to end.
 
-Training, resuming and test mode run ``python -m fastmri_growth.train`` in a
+Training, resuming and test mode run ``python -m fastmri_growth.cli.train`` in a
 subprocess on a tiny synthetic single-coil knee set (64 x 64, 2 volumes of 2
 slices per split, chans 4, 2 pools). Bad input runs ``main`` in-process
 (plus one subprocess) and checks: exit status 2, one line on stderr, no
@@ -21,7 +21,17 @@ import numpy as np
 import pytest
 import torch
 
-from fastmri_growth import train
+from fastmri_growth.cli import (
+    checkpoints,
+    common,
+    data_checks,
+    dataset_cache,
+    train,
+    train_checks,
+    train_parser,
+    train_setup,
+)
+from fastmri_growth.data.fastmri_format import MASK_TYPES
 
 CHANS, POOLS = 4, 2
 # Growth at the start of epoch 1 (the second epoch), every epoch after.
@@ -42,10 +52,10 @@ TINY_ARGS = [
 
 
 def run_cli(args, cwd, timeout=300):
-    """``python -m fastmri_growth.train ARGS`` in ``cwd``; returns the CompletedProcess."""
+    """``python -m fastmri_growth.cli.train ARGS`` in ``cwd``; returns the CompletedProcess."""
     # OMP_NUM_THREADS=1 is inherited from tests/conftest.py.
     return subprocess.run(
-        [sys.executable, "-m", "fastmri_growth.train", *map(str, args)],
+        [sys.executable, "-m", "fastmri_growth.cli.train", *map(str, args)],
         cwd=cwd, capture_output=True, text=True, timeout=timeout,
     )
 
@@ -113,75 +123,75 @@ def test_help_lists_model_type_growth_flags_both_spellings(capsys):
 
 
 def test_unet_model_type_has_no_growth_flags_and_its_own_defaults(capsys):
-    parser = train.build_parser("unet")
+    parser = train_parser.build_parser("unet")
     options = {o for a in parser._actions for o in a.option_strings}
     assert "--growth-method" not in options and "--chans" in options
-    args = train.parse_args(["--model-type", "unet"])
+    args = train_parser.parse_args(["--model-type", "unet"])
     assert args.model_type == "unet"
     assert args.chans == 32  # the ported UnetModule's default, not fastMRI's 1
     # Growth flags are rejected for the fixed U-Net, in one line.
     with pytest.raises(SystemExit) as exc:
-        train.parse_args(["--model-type", "unet", "--growth-method", "split"])
+        train_parser.parse_args(["--model-type", "unet", "--growth-method", "split"])
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1, err
     assert "growth flags need --model-type dynamic_unet (got --growth-method)" in err[0]
     with pytest.raises(SystemExit):
-        train.parse_args(["--model_type", "unet", "--n_new=2"])
+        train_parser.parse_args(["--model_type", "unet", "--n_new=2"])
     assert "(got --n_new)" in capsys.readouterr().err
 
 
 def test_growth_flags_accept_both_spellings_and_module_defaults():
     from fastmri_growth.pl_modules import DynamicUnetModule
 
-    defaults = train.parse_args([])
+    defaults = train_parser.parse_args([])
     assert defaults.model_type == "dynamic_unet"
     for name, value in DynamicUnetModule.growth_defaults().items():
         assert getattr(defaults, name) == value, name
-    hyphen = train.parse_args(
+    hyphen = train_parser.parse_args(
         ["--growth-method", "split", "--n-new", "3", "--layers-to-grow", "down_0"])
-    under = train.parse_args(
+    under = train_parser.parse_args(
         ["--growth_method", "split", "--n_new", "3", "--layers_to_grow", "down_0"])
     for args in (hyphen, under):
         assert (args.growth_method, args.n_new, args.layers_to_grow) == ("split", 3, ["down_0"])
     # --mode is not mistaken for an abbreviation of --model-type.
-    assert train.parse_args(["--mode", "test"]).mode == "test"
+    assert train_parser.parse_args(["--mode", "test"]).mode == "test"
 
 
 def test_mask_types_are_all_of_fastmris():
     from fastmri.data import subsample
 
     source = inspect.getsource(subsample.create_mask_for_mask_type)
-    assert set(re.findall(r'mask_type_str == "(\w+)"', source)) == set(train.MASK_TYPES)
-    for mask_type in train.MASK_TYPES:
-        args = train.parse_args(["--mask_type", mask_type])
+    assert set(re.findall(r'mask_type_str == "(\w+)"', source)) == set(MASK_TYPES)
+    for mask_type in MASK_TYPES:
+        args = train_parser.parse_args(["--mask_type", mask_type])
         assert args.mask_type == mask_type
         subsample.create_mask_for_mask_type(mask_type, [0.08], [4])
 
 
 def test_boolean_flags_parse_false():
-    args = train.parse_args(["--use_dataset_cache_file", "False", "--deterministic", "false",
+    args = train_parser.parse_args(["--use_dataset_cache_file", "False", "--deterministic", "false",
                              "--combine_train_val", "true"])
     assert args.use_dataset_cache_file is False
     assert args.deterministic is False
     assert args.combine_train_val is True
-    assert train.parse_args(["--deterministic", "warn"]).deterministic == "warn"
-    assert train.parse_args(["--limit_train_batches", "3"]).limit_train_batches == 3
-    assert train.parse_args(["--limit_train_batches", "0.5"]).limit_train_batches == 0.5
+    assert train_parser.parse_args(["--deterministic", "warn"]).deterministic == "warn"
+    assert train_parser.parse_args(["--limit_train_batches", "3"]).limit_train_batches == 3
+    assert train_parser.parse_args(["--limit_train_batches", "0.5"]).limit_train_batches == 0.5
 
 
 def test_lightning_limit_defaults_and_worker_cap(capsys):
-    args = train.parse_args([])
+    args = train_parser.parse_args([])
     # None, not 1.0: Lightning then prints no "Trainer(limit_*_batches=1.0)" lines.
     assert (args.limit_train_batches, args.limit_val_batches, args.limit_test_batches) == (
         None, None, None)
-    assert train.parse_args(["--limit_val_batches", "2"]).limit_val_batches == 2
+    assert train_parser.parse_args(["--limit_val_batches", "2"]).limit_val_batches == 2
     assert args.num_workers == 4  # fastMRI's default, capped per machine
-    assert train.cap_num_workers(4, cpus=2) == (
+    assert train_setup.cap_num_workers(4, cpus=2) == (
         2, "note: --num_workers 4 is more than the 2 CPU(s) available; "
         "using 2 data loader workers")
-    assert train.cap_num_workers(2, cpus=2) == (2, None)
-    assert train.cap_num_workers(0, cpus=1) == (0, None)
+    assert train_setup.cap_num_workers(2, cpus=2) == (2, None)
+    assert train_setup.cap_num_workers(0, cpus=1) == (0, None)
     with pytest.raises(SystemExit):
         train.main(["--help"])
     out = " ".join(capsys.readouterr().out.split())
@@ -202,7 +212,7 @@ def test_stale_dataset_cache_entries_are_dropped(tmp_path, monkeypatch):
     val_dir = tmp_path / "d" / "knee" / "singlecoil_val"
     for folder in (train_dir, val_dir):
         SliceDataset(folder, "singlecoil", use_dataset_cache=True, dataset_cache_file=cache)
-    assert train.prune_dataset_cache(cache) == []  # nothing changed yet
+    assert dataset_cache.prune_dataset_cache(cache) == []  # nothing changed yet
     # Regenerated in place with fewer slices: fastMRI would still list 3.
     generate_dataset(tmp_path / "d", challenges=("knee_singlecoil",), splits=("train",),
                      num_volumes=1, num_slices=2, recon_size=64, seed=0, overwrite=True)
@@ -211,8 +221,8 @@ def test_stale_dataset_cache_entries_are_dropped(tmp_path, monkeypatch):
     assert len(stale) == 3
     with pytest.raises(IndexError):
         stale[2]  # what a DataLoader worker hit
-    assert train.prune_dataset_cache(cache) == [str(train_dir)]
-    assert train.prune_dataset_cache(cache) == []
+    assert dataset_cache.prune_dataset_cache(cache) == [str(train_dir)]
+    assert dataset_cache.prune_dataset_cache(cache) == []
     fresh = SliceDataset(train_dir, "singlecoil", use_dataset_cache=True,
                          dataset_cache_file=cache)
     assert len(fresh) == 2
@@ -222,23 +232,23 @@ def test_stale_dataset_cache_entries_are_dropped(tmp_path, monkeypatch):
 
     assert list(pickle.loads(cache.read_bytes())) == [val_dir, train_dir]
     next(val_dir.glob("*.h5")).rename(tmp_path / "moved.h5")
-    assert train.prune_dataset_cache(cache) == [str(val_dir)]
+    assert dataset_cache.prune_dataset_cache(cache) == [str(val_dir)]
     cache.write_bytes(b"junk")
-    with pytest.raises(train.UsageError, match="cannot read the dataset cache"):
-        train.prune_dataset_cache(cache)
+    with pytest.raises(common.UsageError, match="cannot read the dataset cache"):
+        dataset_cache.prune_dataset_cache(cache)
 
 
 def test_newest_checkpoint_by_mtime_ties_to_last(tmp_path):
-    assert train.newest_checkpoint(tmp_path / "missing") is None
+    assert checkpoints.newest_checkpoint(tmp_path / "missing") is None
     old, best, last = (tmp_path / n for n in ("epoch=0.ckpt", "epoch=1.ckpt", "last.ckpt"))
     for i, p in enumerate((old, best, last)):
         p.write_bytes(b"x")
         os.utime(p, ns=(10**18 + i, 10**18 + i))
-    assert train.newest_checkpoint(tmp_path) == last
+    assert checkpoints.newest_checkpoint(tmp_path) == last
     os.utime(best, ns=(10**18 + 5, 10**18 + 5))
-    assert train.newest_checkpoint(tmp_path) == best
+    assert checkpoints.newest_checkpoint(tmp_path) == best
     os.utime(last, ns=(10**18 + 5, 10**18 + 5))
-    assert train.newest_checkpoint(tmp_path) == last
+    assert checkpoints.newest_checkpoint(tmp_path) == last
 
 
 def test_last_ckpt_is_every_epoch_and_best_is_the_best(tmp_path):
@@ -267,36 +277,36 @@ def test_last_ckpt_is_every_epoch_and_best_is_the_best(tmp_path):
     ckpt_dir = tmp_path / "checkpoints"
     trainer = pl.Trainer(
         default_root_dir=tmp_path, max_epochs=3, accelerator="cpu", devices=1, logger=False,
-        callbacks=train.checkpoint_callbacks(ckpt_dir), enable_progress_bar=False,
+        callbacks=checkpoints.checkpoint_callbacks(ckpt_dir), enable_progress_bar=False,
         enable_model_summary=False, num_sanity_val_steps=0,
     )
     trainer.fit(WorseEachEpoch())
     assert sorted(p.name for p in ckpt_dir.iterdir()) == ["epoch=0-step=2.ckpt", "last.ckpt"]
     assert torch.load(ckpt_dir / "last.ckpt", weights_only=False)["epoch"] == 2
-    assert train.newest_checkpoint(ckpt_dir) == ckpt_dir / "last.ckpt"
+    assert checkpoints.newest_checkpoint(ckpt_dir) == ckpt_dir / "last.ckpt"
 
 
 def test_distributed_sampler_follows_strategy_and_devices(tmp_path, knee_root):
     base = ["--data_path", str(knee_root), "--default_root_dir", str(tmp_path),
             "--accelerator", "cpu", "--num_workers", "0"]
-    single = train.parse_args(base + ["--devices", "1"])
-    train.validate_args(single)
-    assert not train.uses_distributed_sampler(train.build_trainer(single))
+    single = train_parser.parse_args(base + ["--devices", "1"])
+    train_checks.validate_args(single)
+    assert not train_setup.uses_distributed_sampler(train_setup.build_trainer(single))
     for extra in (["--devices", "2"], ["--devices", "1", "--strategy", "ddp"]):
-        args = train.parse_args(base + extra)
-        train.validate_args(args)
-        trainer = train.build_trainer(args)
+        args = train_parser.parse_args(base + extra)
+        train_checks.validate_args(args)
+        trainer = train_setup.build_trainer(args)
         assert trainer.num_devices * trainer.num_nodes >= 1
-        assert train.uses_distributed_sampler(trainer), extra
-        data = train.build_data_module(args, train.uses_distributed_sampler(trainer))
+        assert train_setup.uses_distributed_sampler(trainer), extra
+        data = train_setup.build_data_module(args, train_setup.uses_distributed_sampler(trainer))
         assert data.distributed_sampler is True
     assert not any(tmp_path.iterdir()), "building a trainer must not write files"
 
 
 def test_fastmri_dirs_yaml_is_honoured_and_never_created(tmp_path, monkeypatch, knee_root):
     monkeypatch.chdir(tmp_path)
-    args = train.parse_args([])
-    train.resolve_paths(args)
+    args = train_parser.parse_args([])
+    data_checks.resolve_paths(args)
     assert args.data_path is None
     assert args.default_root_dir == Path(".") / "dynamic_unet" / "dynamic_unet_demo"
     assert not (tmp_path / "fastmri_dirs.yaml").exists()  # fetch_dir would write a template
@@ -304,14 +314,14 @@ def test_fastmri_dirs_yaml_is_honoured_and_never_created(tmp_path, monkeypatch, 
     (tmp_path / "fastmri_dirs.yaml").write_text(
         f"knee_path: {knee_root}\nbrain_path: /nowhere\nlog_path: {tmp_path / 'logs'}\n"
     )
-    args = train.parse_args(["--model-type", "unet"])
-    train.resolve_paths(args)
+    args = train_parser.parse_args(["--model-type", "unet"])
+    data_checks.resolve_paths(args)
     assert args.data_path == knee_root
     assert args.default_root_dir == tmp_path / "logs" / "unet" / "unet_demo"
-    train.check_data(args)
+    data_checks.check_data(args)
     # --data_path wins over the yaml.
-    args = train.parse_args(["--data_path", "elsewhere"])
-    train.resolve_paths(args)
+    args = train_parser.parse_args(["--data_path", "elsewhere"])
+    data_checks.resolve_paths(args)
     assert args.data_path == Path("elsewhere")
 
 
@@ -427,7 +437,7 @@ def test_test_mode_writes_reconstructions_of_the_trained_weights(run_copy, knee_
 def test_evaluate_and_plot_the_trained_run(trained_run, knee_root, tmp_path):
     import json
 
-    from fastmri_growth import evaluate, plot
+    from fastmri_growth.cli import evaluate, plot
 
     run_dir = trained_run[0]
     lb, js = tmp_path / "lb", tmp_path / "lb.json"
@@ -614,7 +624,7 @@ TINY_DEMO_SPEC = {
 
 def test_demo_end_to_end_and_rerun(tmp_path, monkeypatch, capsys):
     """``make demo`` at toy size: all five steps, then a re-run beside the first."""
-    from fastmri_growth import demo
+    from fastmri_growth.cli import demo
 
     monkeypatch.setattr(demo, "DATA_SPEC", TINY_DEMO_SPEC)
     monkeypatch.chdir(tmp_path)
@@ -657,7 +667,7 @@ def test_demo_end_to_end_and_rerun(tmp_path, monkeypatch, capsys):
 
 
 def test_demo_refuses_foreign_data(tmp_path, monkeypatch, capsys):
-    from fastmri_growth import demo
+    from fastmri_growth.cli import demo
 
     monkeypatch.setattr(demo, "DATA_SPEC", TINY_DEMO_SPEC)
     data = tmp_path / "data"

@@ -27,7 +27,8 @@ import numpy as np
 import pytest
 import torch
 
-from fastmri_growth.cli import evaluate, run_checks, train, train_checks
+from fastmri_growth.cli import (data_checks, evaluate, run_checks, train, train_checks,
+                                train_parser, train_setup)
 
 REPO = Path(__file__).resolve().parents[1]
 PROG_ERROR = "fastmri-growth-train: error: "
@@ -405,14 +406,14 @@ def test_a_run_that_will_never_grow_says_so(knee, tmp_path, capfd):
         (["--growth-schedule", "plateau", "--growth-start-epoch", "3"],
          "no growth epoch before --max_epochs 2 (--growth-start-epoch 3"),
     ):
-        args = train.parse_args(["--data_path", str(knee), "--default_root_dir",
+        args = train_parser.parse_args(["--data_path", str(knee), "--default_root_dir",
                                  str(tmp_path / "other"), "--max_epochs", "2", *TINY, *flags])
-        train.validate_args(args)
-        assert reason in train_checks.never_grows_reason(args, train.prepare_module(args))
-    args = train.parse_args(["--data_path", str(knee), "--default_root_dir",
+        train_checks.validate_args(args)
+        assert reason in train_checks.never_grows_reason(args, train_setup.prepare_module(args))
+    args = train_parser.parse_args(["--data_path", str(knee), "--default_root_dir",
                              str(tmp_path / "other"), "--max_epochs", "3", *TINY])
-    train.validate_args(args)
-    assert train_checks.never_grows_reason(args, train.prepare_module(args)) is None
+    train_checks.validate_args(args)
+    assert train_checks.never_grows_reason(args, train_setup.prepare_module(args)) is None
 
 
 @pytest.fixture(scope="module")
@@ -436,7 +437,7 @@ def test_varnet_pools_too_deep_for_the_kspace_grid(multicoil, tmp_path, capfd):
     with h5py.File(next((multicoil / "multicoil_train").glob("*.h5")), "r") as hf:
         h, w = hf["kspace"].shape[-2:]
     pad = (((h - 1) | 15) + 1, ((w - 1) | 15) + 1)  # NormUnet pads to multiples of 16
-    fits = train_checks.max_pool_layers(*pad)
+    fits = data_checks.max_pool_layers(*pad)
     base = _varnet_argv(multicoil, tmp_path / "run") + [
         "--num_cascades", "1", "--chans", "2", "--sens_chans", "2"]
     for flags, bad in ((["--pools", str(fits + 1), "--sens_pools", "1"], "--pools"),
@@ -454,12 +455,12 @@ def test_init_from_a_fastmri_varnet_state_dict(multicoil, tmp_path):
     torch.manual_seed(5)
     varnet = VarNet(num_cascades=2, sens_chans=2, sens_pools=1, chans=3, pools=2)
     torch.save(varnet.state_dict(), tmp_path / "varnet.pt")
-    args = train.parse_args([str(a) for a in _varnet_argv(multicoil, tmp_path / "run") + [
+    args = train_parser.parse_args([str(a) for a in _varnet_argv(multicoil, tmp_path / "run") + [
         "--init-from", tmp_path / "varnet.pt"]])
-    train.validate_args(args)
+    train_checks.validate_args(args)
     assert (args.num_cascades, args.chans, args.pools, args.sens_chans, args.sens_pools) == (
         2, 3, 2, 2, 1)  # the architecture follows the file
-    module = train.prepare_module(args)
+    module = train_setup.prepare_module(args)
     assert max_weight_diff(module.varnet.state_dict(), varnet.state_dict()) == 0.0
     assert not (tmp_path / "run").exists()
 
@@ -468,7 +469,7 @@ def test_max_pool_layers_matches_what_trains():
     from fastmri_growth.models import DynamicUnet
 
     for h, w in ((64, 64), (24, 40), (17, 23), (12, 12), (320, 320)):
-        fits = train_checks.max_pool_layers(h, w)
+        fits = data_checks.max_pool_layers(h, w)
         for pools in (fits, fits + 1):
             net = DynamicUnet(1, 1, 2, pools).train()
             try:
@@ -560,9 +561,9 @@ def test_resume_skips_broken_checkpoints_and_says_which(run_copy, knee, capfd):
     truncated = ckdir / "epoch=7-step=99.ckpt"
     truncated.write_bytes(last.read_bytes()[:2000])  # what a full disk used to leave
     os.utime(truncated, ns=(last.stat().st_mtime_ns + 10**9,) * 2)
-    args = train.parse_args(["--data_path", str(knee), "--default_root_dir", str(run_copy),
+    args = train_parser.parse_args(["--data_path", str(knee), "--default_root_dir", str(run_copy),
                              "--max_epochs", "3", *TINY])
-    train.validate_args(args)
+    train_checks.validate_args(args)
     assert args.ckpt_path == last
     assert "epoch=7-step=99.ckpt (" in args.checkpoint_notes[0]
     assert "using last.ckpt" in args.checkpoint_notes[0]
@@ -713,9 +714,9 @@ def test_test_mode_ckpt_best_last_or_path(trained, knee, tmp_path, capfd):
     ckdir = trained / "checkpoints"
     (best,) = ckdir.glob("epoch=*.ckpt")
     for choice, expected in (("last", ckdir / "last.ckpt"), ("best", best), (str(best), best)):
-        args = train.parse_args(["--mode", "test", "--data_path", str(knee), "--default_root_dir",
+        args = train_parser.parse_args(["--mode", "test", "--data_path", str(knee), "--default_root_dir",
                                  str(trained), "--ckpt", choice, *TINY])
-        train.validate_args(args)
+        train_checks.validate_args(args)
         assert args.ckpt_path == expected, choice
     run = tmp_path / "run"
     shutil.copytree(trained, run)

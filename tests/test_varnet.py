@@ -38,7 +38,8 @@ from fastmri_growth.growth import (
     remove_output_channels,
     score_candidates_at,
 )
-from fastmri_growth.models import DynamicUnet, DynamicVarNet, varnet_architecture_from_state_dict
+from fastmri_growth.models import DynamicUnet, DynamicVarNet
+from fastmri_growth.models.dynamic_varnet import varnet_architecture_from_state_dict
 
 REPO = Path(__file__).resolve().parents[1]
 F64 = torch.float64
@@ -657,11 +658,11 @@ def test_cli_trains_fastmris_fixed_varnet(multicoil_root, tmp_path, monkeypatch,
 
 
 def test_varnet_model_types_take_fastmris_varnet_demo_defaults():
-    from fastmri_growth.cli import train
-    from fastmri_growth.cli.train_checks import resolve_paths
+    from fastmri_growth.cli import train_parser
+    from fastmri_growth.cli.data_checks import resolve_paths
 
     for model_type in ("varnet", "dynamic_varnet"):
-        args = train.parse_args(["--model-type", model_type])
+        args = train_parser.parse_args(["--model-type", model_type])
         assert (args.challenge, args.mask_type, args.num_cascades, args.pools, args.chans,
                 args.sens_pools, args.sens_chans, args.lr, args.lr_step_size, args.lr_gamma,
                 args.weight_decay) == ("multicoil", "equispaced_fraction", 8, 4, 18, 4, 8,
@@ -670,17 +671,18 @@ def test_varnet_model_types_take_fastmris_varnet_demo_defaults():
         args.data_path = Path(".")
         resolve_paths(args)
         assert args.default_root_dir == Path(model_type) / f"{model_type}_demo"
-    grown = train.parse_args(["--model-type", "dynamic_varnet", "--layers-to-grow",
-                              "cascade_*/up_0:1", "--growth-method", "split"])
+    grown = train_parser.parse_args(["--model-type", "dynamic_varnet", "--layers-to-grow",
+                                     "cascade_*/up_0:1", "--growth-method", "split"])
     assert (grown.layers_to_grow, grown.growth_method) == (["cascade_*/up_0:1"], "split")
-    assert train.parse_args(["--model-type", "unet"]).challenge == "singlecoil"
+    assert train_parser.parse_args(["--model-type", "unet"]).challenge == "singlecoil"
 
 
 def test_growth_flags_are_refused_for_the_fixed_varnet(capsys):
-    from fastmri_growth.cli import train
+    from fastmri_growth.cli import train_parser
 
     with pytest.raises(SystemExit) as exc:
-        train.parse_args(["--model-type", "varnet", "--layers-to-grow", "cascade_0/bottleneck"])
+        train_parser.parse_args(["--model-type", "varnet", "--layers-to-grow",
+                                 "cascade_0/bottleneck"])
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1

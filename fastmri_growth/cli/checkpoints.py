@@ -342,13 +342,13 @@ def read_init_weights(path: Path, model_type: str) -> InitWeights:
         state = {str(k): v for k, v in state.items()}
     try:
         if kind == "VarNet":
-            from fastmri_growth.models import varnet_architecture_from_state_dict
+            from fastmri_growth.models.dynamic_varnet import varnet_architecture_from_state_dict
 
             arch = varnet_architecture_from_state_dict(state)
             architecture = {k: int(arch[k]) for k in
                             ("num_cascades", "pools", "chans", "sens_pools", "sens_chans")}
         else:
-            from fastmri_growth.models import architecture_from_state_dict
+            from fastmri_growth.models.unet_spec import architecture_from_state_dict
 
             arch = architecture_from_state_dict(state)
             architecture = {k: int(arch[k]) for k in ("in_chans", "out_chans", "num_pool_layers")}

@@ -261,7 +261,7 @@ def stored_architecture(ckpt: Any) -> Dict[str, int]:
 
 
 def _unet_shapes(state: Dict[str, Any], model_type: Optional[str]) -> Dict[str, int]:
-    from fastmri_growth.models import architecture_from_state_dict
+    from fastmri_growth.models.unet_spec import architecture_from_state_dict
 
     try:
         arch = architecture_from_state_dict(
@@ -276,7 +276,7 @@ def _unet_shapes(state: Dict[str, Any], model_type: Optional[str]) -> Dict[str, 
 
 
 def _varnet_shapes(state: Dict[str, Any], model_type: Optional[str]) -> Dict[str, int]:
-    from fastmri_growth.models import varnet_architecture_from_state_dict
+    from fastmri_growth.models.dynamic_varnet import varnet_architecture_from_state_dict
 
     try:
         arch = varnet_architecture_from_state_dict(state)

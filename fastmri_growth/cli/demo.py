@@ -1,7 +1,6 @@
 """End-to-end demo on CPU: synthetic brain MRI -> growing U-Net -> evaluation -> plots.
 
-Run with ``make demo`` or ``python -m fastmri_growth.demo`` (this module,
-``fastmri_growth.cli.demo``). Steps:
+Run with ``make demo`` or ``python -m fastmri_growth.cli.demo``. Steps:
 
 1. Generate a small synthetic single-coil set of real brain anatomy
    (``--phantom anatomy``: slices of the MNI152 template and other images
@@ -31,8 +30,9 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 from fastmri_growth.cli import train
+from fastmri_growth.cli.checkpoints import newest_checkpoint
 
-PROG = "python -m fastmri_growth.demo"
+PROG = "python -m fastmri_growth.cli.demo"
 CHALLENGE = "singlecoil"
 # One definition of the demo data, so reuse can be checked against it.
 DATA_SPEC = {
@@ -203,7 +203,7 @@ def run_demo(opts: argparse.Namespace) -> dict:
     _call_train(argv)
     timings["train_s"] = time.perf_counter() - t
 
-    ckpt = train.newest_checkpoint(run_dir / "checkpoints")
+    ckpt = newest_checkpoint(run_dir / "checkpoints")
     if ckpt is None:
         raise DemoError(f"training wrote no checkpoint in {run_dir / 'checkpoints'}")
 
@@ -298,7 +298,7 @@ def print_summary(summary: dict) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point of ``python -m fastmri_growth.demo`` (``make demo``)."""
+    """Entry point of ``python -m fastmri_growth.cli.demo`` (``make demo``)."""
     opts = build_parser().parse_args(argv)
     if opts.threads > 0:
         import torch

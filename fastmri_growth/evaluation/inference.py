@@ -369,7 +369,7 @@ def leaderboard_validation(
 
     For each acceleration the split is reconstructed under a fixed mask into
     ``out_dir/<accel>x/`` and evaluated against the split's targets with
-    ``fastmri_growth.evaluate.evaluate_folders`` (fastMRI's metric
+    ``fastmri_growth.evaluation.metrics.evaluate_folders`` (fastMRI's metric
     conventions).
 
     Args:

@@ -351,7 +351,7 @@ def grid_rows(
     """Collect the slices that ``plot_grid`` draws.
 
     The input is recomputed with ``UnetDataTransform(use_seed=True)`` and the
-    same fixed mask as ``fastmri_growth.inference.reconstruct`` (files that
+    same fixed mask as ``fastmri_growth.evaluation.inference.reconstruct`` (files that
     carry their own ``mask`` are used as they are), then un-normalised
     (``image * std + mean``). Rows are spread over the first volumes that
     have a reconstruction, with slices taken around each volume's middle.

@@ -8,13 +8,15 @@ from torch.nn import functional as F
 
 from ..growth.engine import grow
 from ..growth.pruning import prune
-from ..growth.scoring import DEFAULT_SITE_CRITERION
+from ..growth.scoring import DEFAULT_SITE_CRITERION, brute_force_scores_at, score_candidates_at
+from ..growth.scoring import score_sites as score_sites_at
+from ..growth.statistics import Statistics
 from ..growth.methods import check_method_name, get_method, option_default
 from ..growth.net import Consumer, SiteSpec, avg_pool_2x2, channelwise, reflect_pad_to
 from ..growth.sites import Site, check_conv_idx
 from .blocks import ConvBlock, TransposeConvBlock
-from .topology import layer_ids, parse_layer_id
-from .unet_spec import Widths, architecture_from_state_dict, check_widths, default_widths
+from .unet_spec import (Widths, architecture_from_state_dict, check_widths, default_widths,
+                        layer_ids, parse_layer_id)
 
 
 class DynamicUnet(nn.Module):
@@ -68,7 +70,7 @@ class DynamicUnet(nn.Module):
             num_pool_layers: Number of down-sampling and up-sampling layers.
             drop_prob: Dropout probability.
             growth_method: Default method of :meth:`grow_network`, one of
-                :data:`fastmri_growth.models.GROWTH_METHODS`.
+                :data:`fastmri_growth.growth.methods.METHODS`.
             n_candidates: Number of candidates scored by ``sample_select``.
             widths: Optional per-layer widths in :meth:`get_network_size`
                 format, to build an already grown network. Defaults to
@@ -667,3 +669,111 @@ def prepare_target(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     if target.dim() == output.dim() - 1 and output.shape[1] == 1:
         return target.unsqueeze(1)
     return target
+
+
+# ---------------------------------------------------------------------------
+# one-pass scoring of a DynamicUnet by layer id (the engine scores by Site)
+# ---------------------------------------------------------------------------
+
+
+def score_candidates(
+    model: nn.Module,
+    layer_id: str,
+    conv_idx: int,
+    candidates: torch.Tensor,
+    batch,
+    target,
+    criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.l1_loss,
+    reduce_fn: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+    stats: Optional[Statistics] = None,
+) -> torch.Tensor:
+    """Score explicit candidate filters of a DynamicUnet in one pass.
+
+    Args:
+        model: A :class:`~fastmri_growth.models.DynamicUnet`.
+        layer_id: Grown layer id.
+        conv_idx: 0 or 1.
+        candidates: Candidate fan-ins `(K, C_in, 3, 3)`.
+        batch: `(N, in_chans, H, W)`, or a list of batches.
+        target: `(N, out_chans, H, W)` or `(N, H, W)`, one per batch.
+        criterion: The training loss.
+        reduce_fn: Optional reduction of the statistics (DDP mean); the
+            non-finite-loss check is agreed over ranks through it.
+        stats: Reuse statistics already collected for these candidates.
+
+    Returns:
+        Scores `(K,)`: the norm of the gradient of the (mean) loss w.r.t.
+        each candidate's parameters if it alone were added with a zero fan-out.
+    """
+    site = model.site(layer_id, conv_idx)
+    batches = None if stats is not None else model.check_batches(batch, target)
+    return score_candidates_at(model, site, candidates, batches, model.loss_fn(criterion),
+                               reduce_fn=reduce_fn, stats=stats)
+
+
+def brute_force_scores(
+    model: nn.Module,
+    layer_id: str,
+    conv_idx: int,
+    candidates: torch.Tensor,
+    batch,
+    target,
+    criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.l1_loss,
+) -> torch.Tensor:
+    """Reference scores: add each candidate alone, forward, backward, norm.
+
+    K separate forward+backward passes on copies of the model; used to test
+    :func:`score_candidates` and to measure its speed-up.
+
+    Args:
+        model: A :class:`~fastmri_growth.models.DynamicUnet` (not modified).
+        layer_id: Grown layer id.
+        conv_idx: 0 or 1.
+        candidates: Candidate fan-ins `(K, C_in, 3, 3)`.
+        batch: `(N, in_chans, H, W)`, or a list of batches (mean loss).
+        target: `(N, out_chans, H, W)` or `(N, H, W)`, one per batch.
+        criterion: The training loss.
+
+    Returns:
+        Scores `(K,)`: the norm of the gradient of all of the candidate's
+        parameters (fan-in and every consumer's fan-out slice), dropout off.
+    """
+    site = model.site(layer_id, conv_idx)
+    batches = model.check_batches(batch, target)
+    return brute_force_scores_at(model, site, candidates, batches,
+                                 lambda m: m.loss_fn(criterion))
+
+
+def score_sites(
+    model: nn.Module,
+    batches,
+    targets,
+    criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.l1_loss,
+    n_candidates: int = 10,
+    sites=None,
+    site_criterion: str = "score_per_flop",
+    generator: Optional[torch.Generator] = None,
+    reduce_fn: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+):
+    """Score random candidates at every site of a DynamicUnet in one pass.
+
+    Args:
+        model: A :class:`~fastmri_growth.models.DynamicUnet`.
+        batches: One batch `(N, in_chans, H, W)` or a list of them.
+        targets: The matching target(s).
+        criterion: The training loss.
+        n_candidates: Candidates per site.
+        sites: Sites to score (default: all, transposed convs included).
+        site_criterion: How the results are ranked (``score``,
+            ``score_per_param``, ``score_per_flop``).
+        generator: CPU generator for the candidates.
+        reduce_fn: Mean over DDP ranks.
+
+    Returns:
+        Per site a :class:`~fastmri_growth.growth.scoring.SiteScore` (best
+        score, candidates and their scores, parameters and forward FLOPs per
+        added filter, value under the criterion), best first.
+    """
+    return score_sites_at(model, model.check_batches(batches, targets), model.loss_fn(criterion),
+                          sites=sites, n_candidates=n_candidates, criterion=site_criterion,
+                          generator=generator, reduce_fn=reduce_fn)

@@ -1,4 +1,4 @@
-"""A U-Net's widths: fastMRI's defaults, checks, and the widths a state dict's shapes imply.
+"""A U-Net's layer ids and widths: fastMRI's defaults, checks, and a state dict's widths.
 
 The parameter shapes are the single source of truth for a grown U-Net's
 widths; these functions read them back, so a checkpoint is widths + weights
@@ -6,13 +6,54 @@ widths; these functions read them back, so a checkpoint is widths + weights
 """
 
 import re
-from typing import Dict, Mapping
+from typing import Dict, List, Mapping
 
 import torch
 
-from .topology import layer_ids, parse_layer_id
-
 Widths = Dict[str, Dict[str, int]]
+
+
+def layer_ids(num_pool_layers: int) -> List[str]:
+    """All growable layer ids, encoder first.
+
+    Args:
+        num_pool_layers: Number of down-sampling layers P.
+
+    Returns:
+        ``["down_0", ..., "down_{P-1}", "bottleneck", "up_0", ..., "up_{P-1}"]``;
+        ``up_0`` is next to the bottleneck (fastMRI's ``up_conv[0]``).
+    """
+    return (
+        [f"down_{i}" for i in range(num_pool_layers)]
+        + ["bottleneck"]
+        + [f"up_{j}" for j in range(num_pool_layers)]
+    )
+
+
+def parse_layer_id(layer_id: str, num_pool_layers: int):
+    """Split a layer id into its part and index.
+
+    Args:
+        layer_id: e.g. ``"down_2"``, ``"bottleneck"``, ``"up_0"``.
+        num_pool_layers: Number of down-sampling layers P.
+
+    Returns:
+        ``(part, index)`` with part in ``{"down", "bottleneck", "up"}``
+        (index 0 for the bottleneck).
+
+    Raises:
+        ValueError: If the id is not one of :func:`layer_ids`.
+    """
+    valid = layer_ids(num_pool_layers)
+    if not isinstance(layer_id, str) or layer_id not in valid:
+        raise ValueError(
+            f"Unknown layer id {layer_id!r}; valid layer ids for "
+            f"num_pool_layers={num_pool_layers}: {', '.join(valid)}"
+        )
+    if layer_id == "bottleneck":
+        return "bottleneck", 0
+    part, idx = layer_id.split("_")
+    return part, int(idx)
 
 
 def default_widths(chans: int, num_pool_layers: int) -> Widths:
