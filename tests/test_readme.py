@@ -165,3 +165,13 @@ print("resumed", resumed.net.get_network_size()["hidden"]["conv1_out"],
     assert "width 8 True" in lines  # grew at epochs 1 and 2
     # The checkpoint (epoch 2, width 8, grown at 1 and 2) resumes grown; epoch 3 grows once more.
     assert lines[-1] == "resumed 10 [1, 2, 3]"
+
+
+def test_readme_model_type_example_adds_a_model_type_to_the_command_line(tmp_path):
+    """The 'register a model type' example: a registry entry is a --model-type."""
+    script = tmp_path / "model_type_example.py"
+    script.write_text(readme_example("register a model type"), encoding="utf-8")
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == "wide_unet 64 WideUnetModule"

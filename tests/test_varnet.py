@@ -642,6 +642,7 @@ def test_leaderboard_evaluation_of_a_varnet_checkpoint(varnet_run, multicoil_roo
 def test_cli_trains_fastmris_fixed_varnet(multicoil_root, tmp_path, monkeypatch, capsys):
     from fastmri_growth.cli import train
     from fastmri_growth.pl_modules import VarNetModule, load_module
+    from fastmri_growth.pl_modules.model_types import checkpoint_model_type
 
     monkeypatch.chdir(tmp_path)
     run_dir = tmp_path / "fixed"
@@ -653,8 +654,8 @@ def test_cli_trains_fastmris_fixed_varnet(multicoil_root, tmp_path, monkeypatch,
     module = load_module(run_dir / "checkpoints" / "last.ckpt")
     assert type(module) is VarNetModule and type(module.varnet) is VarNet
     assert module.varnet.cascades[1].model.unet.chans == 2
-    assert train.stored_model_type(torch.load(run_dir / "checkpoints" / "last.ckpt",
-                                              weights_only=False)) == "varnet"
+    assert checkpoint_model_type(torch.load(run_dir / "checkpoints" / "last.ckpt",
+                                            weights_only=False)) == "varnet"
 
 
 def test_varnet_model_types_take_fastmris_varnet_demo_defaults():

@@ -1,8 +1,8 @@
 """Checkpoint files of a training run: finding, reading and writing them.
 
-Used by the training command (automatic resume, test mode, ``--init-from``)
-and by anything that has to tell which module wrote a checkpoint before
-loading it.
+Used by the training command (automatic resume, test mode, ``--init-from``).
+Which module wrote a checkpoint is
+:func:`fastmri_growth.pl_modules.model_types.checkpoint_model_type`.
 
 A run folder can hold broken checkpoints: a file truncated by a full disk
 or a kill under an older version (checkpoints are written atomically now,
@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from fastmri_growth.cli.common import UsageError
+from fastmri_growth.pl_modules.model_types import MODEL_TYPES
 
 
 def checkpoint_files(checkpoint_dir: Path) -> List[Path]:
@@ -207,19 +208,6 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def stored_model_type(ckpt: Any) -> Optional[str]:
-    """The ``--model-type`` whose module wrote a checkpoint.
-
-    ``"dynamic_varnet"``, ``"dynamic_unet"``, ``"varnet"`` or ``"unet"``,
-    decided as :func:`fastmri_growth.pl_modules.load_module` decides it
-    (:func:`fastmri_growth.pl_modules.checkpoint_model_type`). Returns None
-    for a checkpoint that holds none of them.
-    """
-    from fastmri_growth.pl_modules import checkpoint_model_type
-
-    return checkpoint_model_type(ckpt)
-
-
 def next_epoch(ckpt: Any) -> int:
     """The epoch a run resumed from ``ckpt`` starts with.
 
@@ -279,11 +267,6 @@ def checkpoint_callbacks(checkpoint_dir: Path) -> list:
 # --init-from: weights of a trained network as the starting point
 # ---------------------------------------------------------------------------
 
-#: The state-dict prefix of each model type's network inside its LightningModule.
-NETWORK_PREFIX = {"unet": "unet.", "dynamic_unet": "unet.",
-                  "varnet": "varnet.", "dynamic_varnet": "varnet."}
-
-
 @dataclass
 class InitWeights:
     """The weights ``--init-from`` starts a run from.
@@ -318,7 +301,8 @@ def read_init_weights(path: Path, model_type: str) -> InitWeights:
     """
     import torch
 
-    kind = "VarNet" if model_type in ("varnet", "dynamic_varnet") else "U-Net"
+    spec = MODEL_TYPES[model_type]
+    kind = "VarNet" if spec.kspace else "U-Net"
     if not Path(path).is_file():
         raise UsageError(f"--init-from {path} is not a file; pass a checkpoint or state dict file")
     try:
@@ -335,18 +319,17 @@ def read_init_weights(path: Path, model_type: str) -> InitWeights:
     if not isinstance(state, Mapping) or not any(torch.is_tensor(v) for v in state.values()):
         raise UsageError(f"--init-from {path} holds no state dict (a mapping of weight tensors); "
                          "pass a checkpoint (.ckpt) or a torch.save'd state dict")
-    prefix = NETWORK_PREFIX[model_type]
+    prefix = spec.state_prefix
     if any(str(k).startswith(prefix) for k in state):
         state = {str(k)[len(prefix):]: v for k, v in state.items() if str(k).startswith(prefix)}
     else:
         state = {str(k): v for k, v in state.items()}
     try:
-        if kind == "VarNet":
+        if spec.kspace:
             from fastmri_growth.models.dynamic_varnet import varnet_architecture_from_state_dict
 
             arch = varnet_architecture_from_state_dict(state)
-            architecture = {k: int(arch[k]) for k in
-                            ("num_cascades", "pools", "chans", "sens_pools", "sens_chans")}
+            architecture = {k: int(arch[k]) for k in spec.architecture_args}
         else:
             from fastmri_growth.models.unet_spec import architecture_from_state_dict
 
@@ -373,8 +356,7 @@ def apply_init_weights(module: Any, init: InitWeights, model_type: str) -> None:
     Raises:
         UsageError: the weights do not load into the network.
     """
-    attr = NETWORK_PREFIX[model_type][:-1]
-    net = getattr(module, attr)
+    net = getattr(module, MODEL_TYPES[model_type].network_attr)
     try:
         if hasattr(net, "resize_from_state_dict"):
             net.resize_from_state_dict(init.state_dict)

@@ -1,6 +1,7 @@
 """Checks of the training command's model type, data and network size, before anything is written.
 
-The model types behind ``--model-type`` and their data defaults, the paths
+The model type against the data flags (the facts of each model type are the
+registry :mod:`fastmri_growth.pl_modules.model_types`), the paths
 (``fastmri_dirs.yaml`` as fastMRI's demo reads it), the mask and
 sample-rate flags, the data folders, the architecture a checkpoint stores,
 and the pooling depth against the data's image size. Each check raises
@@ -14,45 +15,35 @@ import argparse
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
-from fastmri_growth.cli.checkpoints import read_checkpoint, stored_model_type
+from fastmri_growth.cli.checkpoints import read_checkpoint
 from fastmri_growth.cli.common import UsageError
 from fastmri_growth.data import fastmri_format
-from fastmri_growth.data.fastmri_format import DIRS_CONFIG, VARNET_DEMO_MASK_TYPE, synth_hint
-
-
-# ---------------------------------------------------------------------------
-# the model types behind --model-type
-# ---------------------------------------------------------------------------
-
-#: ``--model-type`` values: fastMRI's U-Net and VarNet, and their growing versions.
-MODEL_TYPES = ("unet", "dynamic_unet", "varnet", "dynamic_varnet")
-#: Each fixed model type and the growing one that takes the growth flags.
-GROWING_VERSION = {"unet": "dynamic_unet", "varnet": "dynamic_varnet"}
-#: The model types that grow (the growth flags exist only for them).
-GROWING_MODEL_TYPES = tuple(GROWING_VERSION.values())
-#: The model types that reconstruct from multicoil k-space (VarNetDataTransform).
-KSPACE_MODEL_TYPES = ("varnet", "dynamic_varnet")
-
-#: Defaults that a model type's demo sets over the flags' own: fastMRI's
-#: ``train_varnet_demo.py`` trains 8 cascades with Adam at lr 1e-3 on
-#: multicoil data under equispaced masks (its module's constructor says 12
-#: cascades and 3e-4). The U-Net types keep the flags' defaults, which are
-#: ``train_unet_demo.py``'s.
-_VARNET_DEMO = dict(
-    challenge="multicoil", mask_type=VARNET_DEMO_MASK_TYPE,
-    num_cascades=8, pools=4, chans=18, sens_pools=4, sens_chans=8,
-    lr=0.001, lr_step_size=40, lr_gamma=0.1, weight_decay=0.0,
+from fastmri_growth.data.fastmri_format import DIRS_CONFIG, synth_hint
+from fastmri_growth.pl_modules.model_types import (
+    MODEL_TYPES,
+    UNET_ARCHITECTURE_ARGS,
+    checkpoint_model_type,
+    join_words,
 )
-DEMO_DEFAULTS: Dict[str, Dict[str, Any]] = {
-    "unet": {}, "dynamic_unet": {}, "varnet": _VARNET_DEMO, "dynamic_varnet": _VARNET_DEMO,
-}
+
+
+# ---------------------------------------------------------------------------
+# the model type against the data flags
+# ---------------------------------------------------------------------------
+
 #: The data flags whose defaults depend on the model type, with the flags' own defaults.
 DATA_FLAG_DEFAULTS = {"challenge": "singlecoil", "mask_type": "random"}
 
 
+def _kspace(model_type: Optional[str]) -> bool:
+    """Whether a model type (None: unknown, taken as an image model) reads k-space."""
+    return model_type in MODEL_TYPES and MODEL_TYPES[model_type].kspace
+
+
 def model_type_data_defaults(model_type: str) -> Dict[str, Any]:
-    """``challenge`` and ``mask_type`` defaults of a model type (see :data:`DEMO_DEFAULTS`)."""
-    return {k: DEMO_DEFAULTS[model_type].get(k, v) for k, v in DATA_FLAG_DEFAULTS.items()}
+    """``challenge`` and ``mask_type`` defaults of a model type (its demo's, else the flags')."""
+    demo = MODEL_TYPES[model_type].demo_defaults
+    return {k: demo.get(k, v) for k, v in DATA_FLAG_DEFAULTS.items()}
 
 
 def check_model_challenge(args: argparse.Namespace) -> None:
@@ -61,11 +52,12 @@ def check_model_challenge(args: argparse.Namespace) -> None:
     Raises:
         UsageError: a k-space model type with ``--challenge singlecoil``.
     """
-    if args.model_type in KSPACE_MODEL_TYPES and args.challenge != "multicoil":
+    if _kspace(args.model_type) and args.challenge != "multicoil":
+        image_types = [n for n, t in MODEL_TYPES.items() if not t.kspace]
         raise UsageError(
             f"--model-type {args.model_type} needs multicoil data, got --challenge "
             f"{args.challenge}; pass --challenge multicoil (the VarNet estimates coil "
-            "sensitivities), or use --model-type unet or dynamic_unet for single-coil data"
+            f"sensitivities), or use --model-type {join_words(image_types)} for single-coil data"
         )
 
 
@@ -222,15 +214,15 @@ def check_data(args: argparse.Namespace) -> None:
         check_split_dir(folder, args.challenge, need_target, hint)
 
 
-#: Per model type, the constructor arguments that fix the architecture at the
-#: start of training (a growing network widens its convs later, from these).
-ARCHITECTURE_ARGS = ("in_chans", "out_chans", "chans", "num_pool_layers")
-VARNET_ARCHITECTURE_ARGS = ("num_cascades", "pools", "chans", "sens_pools", "sens_chans")
-
-
 def architecture_args(model_type: Optional[str]) -> Tuple[str, ...]:
-    """:data:`ARCHITECTURE_ARGS` for the U-Nets, :data:`VARNET_ARCHITECTURE_ARGS` for the VarNets."""
-    return VARNET_ARCHITECTURE_ARGS if model_type in KSPACE_MODEL_TYPES else ARCHITECTURE_ARGS
+    """A model type's :attr:`~fastmri_growth.pl_modules.model_types.ModelType.architecture_args`.
+
+    An unknown model type (None: a checkpoint of no registered type) is
+    read as a U-Net.
+    """
+    if model_type in MODEL_TYPES:
+        return MODEL_TYPES[model_type].architecture_args
+    return UNET_ARCHITECTURE_ARGS
 
 
 def stored_architecture(ckpt: Any) -> Dict[str, int]:
@@ -248,16 +240,21 @@ def stored_architecture(ckpt: Any) -> Dict[str, int]:
     """
     if not isinstance(ckpt, dict):
         return {}
-    model_type = stored_model_type(ckpt)
+    model_type = checkpoint_model_type(ckpt)
     names = architecture_args(model_type)
     hparams = ckpt.get("hyper_parameters") or {}
     found = {k: int(hparams[k]) for k in names if isinstance(hparams.get(k), int)}
     if len(found) < len(names):
         state = ckpt.get("state_dict") or {}
-        read = _varnet_shapes if model_type in KSPACE_MODEL_TYPES else _unet_shapes
+        read = _varnet_shapes if _kspace(model_type) else _unet_shapes
         for key, value in read(state, model_type).items():
             found.setdefault(key, value)
     return found
+
+
+def _fixed(model_type: Optional[str]) -> bool:
+    """Whether a model type's network keeps its starting widths (its first conv says ``chans``)."""
+    return model_type in MODEL_TYPES and not MODEL_TYPES[model_type].grows
 
 
 def _unet_shapes(state: Dict[str, Any], model_type: Optional[str]) -> Dict[str, int]:
@@ -270,7 +267,7 @@ def _unet_shapes(state: Dict[str, Any], model_type: Optional[str]) -> Dict[str, 
         return {}
     found = {key: int(arch[key]) for key in ("in_chans", "out_chans", "num_pool_layers")}
     first = state.get("unet.down_sample_layers.0.layers.0.weight")
-    if model_type == "unet" and first is not None:
+    if _fixed(model_type) and first is not None:
         found["chans"] = int(first.shape[0])
     return found
 
@@ -283,7 +280,7 @@ def _varnet_shapes(state: Dict[str, Any], model_type: Optional[str]) -> Dict[str
     except (ValueError, KeyError, TypeError, IndexError):
         return {}
     found = {key: int(arch[key]) for key in ("num_cascades", "pools", "sens_pools")}
-    if model_type == "varnet":
+    if _fixed(model_type):
         found.update(chans=int(arch["chans"]), sens_chans=int(arch["sens_chans"]))
     return found
 
@@ -373,15 +370,13 @@ def check_network_fits_data(args: argparse.Namespace) -> None:
     splits = ("train", "val") if args.mode == "train" else ("test",)
     if args.mode == "train":
         depth = {k: getattr(args, k, None) for k in (
-            ("pools", "sens_pools") if args.model_type in KSPACE_MODEL_TYPES
-            else ("num_pool_layers",))}
+            ("pools", "sens_pools") if _kspace(args.model_type) else ("num_pool_layers",))}
     else:
         try:
             stored = stored_architecture(read_checkpoint(args.ckpt_path))
         except UsageError:
             return
-        names = ("pools", "sens_pools") if args.model_type in KSPACE_MODEL_TYPES else (
-            "num_pool_layers",)
+        names = ("pools", "sens_pools") if _kspace(args.model_type) else ("num_pool_layers",)
         depth = {k: stored.get(k) for k in names}
     for split in splits:
         folder = folders.get(split)
@@ -391,14 +386,14 @@ def check_network_fits_data(args: argparse.Namespace) -> None:
         if not files:
             continue
         try:
-            size = (_varnet_input_size(files[0]) if args.model_type in KSPACE_MODEL_TYPES
+            size = (_varnet_input_size(files[0]) if _kspace(args.model_type)
                     else _unet_input_size(files[0], args.challenge))
         except (OSError, KeyError, ValueError):
             continue  # check_data reports unreadable files
         fits = max_pool_layers(*size)
         for name, pools in depth.items():
             if isinstance(pools, int) and pools > fits:
-                what = "images" if args.model_type not in KSPACE_MODEL_TYPES else \
+                what = "images" if not _kspace(args.model_type) else \
                     "k-space grids (padded to multiples of 16)"
                 fix = (f"pass --{name} {fits} or less" if args.mode == "train" else
                        "test it on data of the size it was trained on")

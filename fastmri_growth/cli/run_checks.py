@@ -20,10 +20,10 @@ from fastmri_growth.cli.checkpoints import (
     next_epoch,
     read_checkpoint,
     read_init_weights,
-    stored_model_type,
 )
 from fastmri_growth.cli.common import UsageError
 from fastmri_growth.cli.data_checks import check_architecture, model_type_data_defaults
+from fastmri_growth.pl_modules.model_types import checkpoint_model_type
 
 
 # ---------------------------------------------------------------------------
@@ -120,7 +120,7 @@ def resolve_checkpoint(args: argparse.Namespace) -> Optional[Path]:
                 "train first with the same --default_root_dir, or pass --ckpt_path FILE"
             )
         return None
-    stored = stored_model_type(loaded)
+    stored = checkpoint_model_type(loaded)
     explicit_type = getattr(args, "model_type_given", True)
     if args.mode == "test" and stored is not None and not explicit_type:
         # Without --model-type, test mode rebuilds whatever the checkpoint holds.
@@ -162,7 +162,7 @@ def adopt_checkpoint_model_type(args: argparse.Namespace) -> None:
         return
     if ckpt is None:
         loaded = newest_usable_checkpoint(checkpoint_dir).loaded
-    stored = stored_model_type(loaded) if loaded is not None else None
+    stored = checkpoint_model_type(loaded) if loaded is not None else None
     if stored is None or stored == args.model_type:
         return
     given = getattr(args, "given_flags", set())

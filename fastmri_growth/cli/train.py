@@ -54,56 +54,17 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from fastmri_growth.cli.checkpoints import (  # noqa: F401  (re-exported: the CLI's API)
-    apply_init_weights,
-    checkpoint_callbacks,
-    newest_checkpoint,
-    newest_usable_checkpoint,
-    read_checkpoint,
-    remove_partial_files,
-    stored_model_type,
-)
+from fastmri_growth.cli.checkpoints import remove_partial_files
 from fastmri_growth.cli.common import UsageError, one_line
-from fastmri_growth.cli.dataset_cache import DATASET_CACHE_FILE, prune_dataset_cache  # noqa: F401
-from fastmri_growth.cli.train_checks import (  # noqa: F401  (re-exported: the CLI's API)
-    DEMO_DEFAULTS,
-    GROWING_MODEL_TYPES,
-    GROWING_VERSION,
-    KSPACE_MODEL_TYPES,
-    MODEL_TYPES,
-    check_data,
-    check_mask_args,
-    check_free_space,
-    check_sample_rates,
-    never_grows_reason,
-    resolve_checkpoint,
-    resolve_paths,
-    validate_args,
-)
-from fastmri_growth.data.fastmri_format import DIRS_CONFIG, MASK_TYPES, synth_hint  # noqa: F401
-# The parser and the run's building blocks live in train_parser and
-# train_setup; re-exported here, the command's one import path.
-from fastmri_growth.cli.train_parser import (  # noqa: F401
-    DEFAULT_MODEL_TYPE,
-    MODEL_TYPE_HELP,
-    PROG,
-    build_parser,
-    data_module_class,
-    data_transforms,
-    given_flags,
-    growth_options,
-    model_arg_names,
-    module_class,
-    parse_args,
-)
-from fastmri_growth.cli.train_setup import (  # noqa: F401
+from fastmri_growth.cli.dataset_cache import DATASET_CACHE_FILE, prune_dataset_cache
+from fastmri_growth.cli.run_checks import check_free_space
+from fastmri_growth.cli.train_checks import never_grows_reason, validate_args
+from fastmri_growth.cli.train_parser import PROG, parse_args
+from fastmri_growth.cli.train_setup import (
     build_data_module,
-    build_module,
     build_trainer,
     cap_num_workers,
-    load_trained_module,
     prepare_module,
-    progress_bar_on,
     quiet_lightning,
     uses_distributed_sampler,
 )

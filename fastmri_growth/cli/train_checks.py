@@ -7,7 +7,8 @@ folders, the run folder (writable), the checkpoint to resume or test (the
 newest usable one by default), the ``--init-from`` weights, and the
 pooling depth against the data's image size, and raises
 :class:`~fastmri_growth.cli.common.UsageError` with a message naming the
-fix. It reads files and writes none. :func:`check_free_space` and
+fix. It reads files and writes none.
+:func:`~fastmri_growth.cli.run_checks.check_free_space` and
 :func:`never_grows_reason` need the built module; the training command
 calls them before anything is written. The checks of the model type, the
 data and the network's size against it are in
@@ -21,45 +22,22 @@ import argparse
 from typing import Any, List, Optional
 
 from fastmri_growth.cli.common import UsageError
-# The checks live by subject in data_checks and run_checks; this module runs
-# them in order and re-exports them (the names the training command and its
-# users import from here).
-from fastmri_growth.cli.data_checks import (  # noqa: F401
-    ARCHITECTURE_ARGS,
-    DATA_FLAG_DEFAULTS,
-    DEMO_DEFAULTS,
-    GROWING_MODEL_TYPES,
-    GROWING_VERSION,
-    KSPACE_MODEL_TYPES,
-    MODEL_TYPES,
-    VARNET_ARCHITECTURE_ARGS,
-    _unet_input_size,
-    architecture_args,
-    check_architecture,
+from fastmri_growth.cli.data_checks import (
     check_data,
     check_mask_args,
     check_model_challenge,
     check_network_fits_data,
     check_sample_rates,
-    check_split_dir,
-    data_folders,
-    max_pool_layers,
-    model_type_data_defaults,
     resolve_paths,
-    stored_architecture,
 )
-from fastmri_growth.cli.run_checks import (  # noqa: F401
-    CKPT_CHOICES,
+from fastmri_growth.cli.run_checks import (
     adopt_checkpoint_model_type,
-    check_free_space,
     check_init_from,
     check_resume_not_finished,
     check_root_dir,
-    check_writable_folder,
-    checkpoint_bytes,
-    free_bytes,
     resolve_checkpoint,
 )
+from fastmri_growth.pl_modules.model_types import GROWING_MODEL_TYPES
 
 
 # ---------------------------------------------------------------------------

@@ -16,58 +16,35 @@ from typing import List, Optional, Sequence, Type
 
 from fastmri_growth.cli.common import HelpFormatter, OneLineParser, UsageError
 from fastmri_growth.cli.dataset_cache import DATASET_CACHE_FILE
-from fastmri_growth.cli.train_checks import (
-    DEMO_DEFAULTS,
-    GROWING_MODEL_TYPES,
-    GROWING_VERSION,
-    KSPACE_MODEL_TYPES,
-    MODEL_TYPES,
-)
 from fastmri_growth.cli.trainer_flags import add_trainer_args
 from fastmri_growth.data.fastmri_format import DIRS_CONFIG, MASK_TYPES, synth_hint
 from fastmri_growth.flags import redeclare, str2bool
+from fastmri_growth.pl_modules.model_types import MODEL_TYPES, join_words
 
 PROG = "fastmri-growth-train"
 DEFAULT_MODEL_TYPE = "dynamic_unet"
-MODEL_TYPE_HELP = (
-    "Network to train: unet (fastMRI's U-Net), dynamic_unet (the growing U-Net), varnet "
-    "(fastMRI's end-to-end VarNet, multicoil k-space) or dynamic_varnet (the VarNet whose "
-    "cascade and sensitivity U-Nets grow)"
-)
+
+
+def model_type_help() -> str:
+    """``--model-type``'s help: every registered model type and what it is."""
+    return "Network to train: " + join_words([f"{t.name} ({t.help})" for t in MODEL_TYPES.values()])
 
 
 # ---------------------------------------------------------------------------
-# the classes behind --model-type
+# the classes behind --model-type (their facts: pl_modules.model_types)
 # ---------------------------------------------------------------------------
 
 
 def module_class(model_type: str) -> Type:
     """The LightningModule class trained by ``--model-type``.
 
-    Args:
-        model_type: ``"unet"`` / ``"varnet"`` (fastMRI's UnetModule /
-            VarNetModule ported to Lightning 2) or ``"dynamic_unet"`` /
-            ``"dynamic_varnet"`` (their growing versions).
+    Raises:
+        UsageError: ``model_type`` is not registered.
     """
-    if model_type == "unet":
-        from fastmri_growth.pl_modules.lightning2 import UnetModule
-
-        return UnetModule
-    if model_type == "dynamic_unet":
-        from fastmri_growth.pl_modules import DynamicUnetModule
-
-        return DynamicUnetModule
-    if model_type == "varnet":
-        from fastmri_growth.pl_modules.lightning2 import VarNetModule
-
-        return VarNetModule
-    if model_type == "dynamic_varnet":
-        from fastmri_growth.pl_modules import DynamicVarNetModule
-
-        return DynamicVarNetModule
-    raise UsageError(
-        f"unknown --model-type {model_type!r}; choose one of {', '.join(MODEL_TYPES)}"
-    )
+    if model_type not in MODEL_TYPES:
+        raise UsageError(
+            f"unknown --model-type {model_type!r}; choose one of {', '.join(MODEL_TYPES)}")
+    return MODEL_TYPES[model_type].module_class()
 
 
 def data_transforms(model_type: str, challenge: str, mask_func) -> tuple:
@@ -81,7 +58,7 @@ def data_transforms(model_type: str, challenge: str, mask_func) -> tuple:
         ``(train, val, test)``: ``UnetDataTransform`` s for the U-Nets,
         ``VarNetDataTransform`` s for the VarNets.
     """
-    if model_type in KSPACE_MODEL_TYPES:
+    if MODEL_TYPES[model_type].kspace:
         from fastmri.data.transforms import VarNetDataTransform
 
         return (VarNetDataTransform(mask_func=mask_func, use_seed=False),
@@ -127,8 +104,8 @@ def _add_run_args(parser: argparse.ArgumentParser, model_type: str) -> None:
         "--model_type",
         dest="model_type",
         default=model_type,
-        choices=MODEL_TYPES,
-        help=MODEL_TYPE_HELP,
+        choices=tuple(MODEL_TYPES),
+        help=model_type_help(),
     )
     group.add_argument("--seed", default=42, type=int, help="Random seed (pl.seed_everything)")
     group.add_argument(
@@ -223,7 +200,7 @@ def build_parser(model_type: str = DEFAULT_MODEL_TYPE) -> argparse.ArgumentParse
     ``add_data_specific_args``.
 
     Args:
-        model_type: One of :data:`MODEL_TYPES`; selects the model flags.
+        model_type: A registered model type; selects the model flags.
 
     Returns:
         The parser; its errors are one line on stderr with exit status 2.
@@ -236,8 +213,8 @@ def build_parser(model_type: str = DEFAULT_MODEL_TYPE) -> argparse.ArgumentParse
     # fastmri_dirs.yaml so that --help reads no file.
     base.set_defaults(test_path=None)
     base = module_class(model_type).add_model_specific_args(base)
-    # fastMRI's train_varnet_demo.py defaults (over its module's flags).
-    base.set_defaults(**DEMO_DEFAULTS[model_type])
+    # The model type's demo defaults (train_varnet_demo.py's, over its module's flags).
+    base.set_defaults(**MODEL_TYPES[model_type].demo_defaults)
     base = redeclare(
         base,
         (("--data_path",), dict(
@@ -278,20 +255,23 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     # allow_abbrev=False: "--mode" must not be taken as a prefix of "--model-type".
     pre = OneLineParser(prog=PROG, add_help=False, allow_abbrev=False)
     pre.add_argument(
-        "--model-type", "--model_type", dest="model_type", choices=MODEL_TYPES, default=None,
+        "--model-type", "--model_type", dest="model_type", choices=tuple(MODEL_TYPES),
+        default=None,
     )
     known, _ = pre.parse_known_args(argv)
     model_type = known.model_type or DEFAULT_MODEL_TYPE
     parser = build_parser(model_type)
-    if model_type not in GROWING_MODEL_TYPES:
+    spec = MODEL_TYPES[model_type]
+    if not spec.grows:
         growth = growth_options()
+        need = spec.growing_version or join_words(
+            [n for n, t in MODEL_TYPES.items() if t.grows])
         for token in argv:
             if token == "--":
                 break
             option = token.split("=", 1)[0]
             if option in growth:
-                parser.error(
-                    f"growth flags need --model-type {GROWING_VERSION[model_type]} (got {option})")
+                parser.error(f"growth flags need --model-type {need} (got {option})")
     args = parser.parse_args(argv)
     # Test mode follows the checkpoint's model type unless one was asked for.
     args.model_type_given = known.model_type is not None

@@ -1,70 +1,32 @@
-"""Lightning 2 modules: fastMRI's modules ported, and the growing U-Net and VarNet modules."""
+"""Lightning 2 modules: fastMRI's modules ported, and the growing U-Net and VarNet modules.
+
+Which module is which ``--model-type``, and how a checkpoint tells its
+module, is the registry in :mod:`fastmri_growth.pl_modules.model_types`.
+"""
 
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Union
 
 from .dynamic_unet_module import DynamicUnetModule
 from .dynamic_varnet_module import DynamicVarNetModule
 from .growth_callback import GrowableModule, GrowthCallback
 from .lightning2 import Lightning2MriMixin, UnetModule, VarNetModule
+from .model_types import MODEL_TYPES, checkpoint_model_type, join_words
 
 __all__ = ["DynamicUnetModule", "DynamicVarNetModule", "GrowableModule", "GrowthCallback",
-           "Lightning2MriMixin", "UnetModule", "VarNetModule", "checkpoint_model_type",
-           "load_module"]
-
-#: ``checkpoint_model_type`` result -> module class.
-MODULE_CLASSES = {
-    "unet": UnetModule,
-    "dynamic_unet": DynamicUnetModule,
-    "varnet": VarNetModule,
-    "dynamic_varnet": DynamicVarNetModule,
-}
-
-
-def checkpoint_model_type(ckpt: Any) -> Optional[str]:
-    """Which module wrote a loaded Lightning checkpoint.
-
-    The growing modules record their widths under their own key
-    (``dynamic_varnet``, ``dynamic_unet``); checkpoints without it are told
-    apart by their hyperparameters (``growth_method``) and weight prefixes
-    (``varnet.``, ``unet.``).
-
-    Args:
-        ckpt: The object ``torch.load`` returned.
-
-    Returns:
-        ``"dynamic_varnet"``, ``"dynamic_unet"``, ``"varnet"``, ``"unet"``,
-        or None for anything else.
-    """
-    from .dynamic_unet_module import CHECKPOINT_KEY as UNET_KEY
-    from .dynamic_varnet_module import CHECKPOINT_KEY as VARNET_KEY
-
-    if not isinstance(ckpt, dict):
-        return None
-    hparams = ckpt.get("hyper_parameters") or {}
-    state = ckpt.get("state_dict") or {}
-    has_varnet = any(str(k).startswith("varnet.") for k in state)
-    has_unet = any(str(k).startswith("unet.") for k in state)
-    grows = "growth_method" in hparams
-    if VARNET_KEY in ckpt or (grows and has_varnet):
-        return "dynamic_varnet"
-    if UNET_KEY in ckpt or grows:
-        return "dynamic_unet"
-    if has_varnet:
-        return "varnet"
-    if has_unet:
-        return "unet"
-    return None
+           "Lightning2MriMixin", "UnetModule", "VarNetModule", "load_module"]
 
 
 def load_module(checkpoint_path: Union[str, Path], map_location="cpu"):
-    """Load a trained module from a Lightning checkpoint, whatever its kind.
+    """Load a trained module from a Lightning checkpoint, whatever its model type.
 
     A checkpoint written by :class:`DynamicUnetModule` or
     :class:`DynamicVarNetModule` (they record the grown widths) comes back as
     that module at its grown widths; one written by a fastMRI-style
     ``UnetModule`` or ``VarNetModule`` comes back as the Lightning 2
-    :class:`UnetModule` or :class:`VarNetModule`.
+    :class:`UnetModule` or :class:`VarNetModule`
+    (:func:`~fastmri_growth.pl_modules.model_types.checkpoint_model_type`
+    tells them apart).
 
     Args:
         checkpoint_path: Path to a ``.ckpt`` file.
@@ -75,7 +37,7 @@ def load_module(checkpoint_path: Union[str, Path], map_location="cpu"):
 
     Raises:
         FileNotFoundError: If the file does not exist.
-        ValueError: If it holds neither a U-Net nor a VarNet.
+        ValueError: If it holds the network of no registered model type.
     """
     import torch
 
@@ -87,11 +49,13 @@ def load_module(checkpoint_path: Union[str, Path], map_location="cpu"):
         raise ValueError(f"{path} is not a Lightning checkpoint (no 'state_dict')")
     kind = checkpoint_model_type(ckpt)
     if kind is None:
+        prefixes = dict.fromkeys(f"'{t.state_prefix}*'" for t in MODEL_TYPES.values())
+        classes = [t.class_name for t in MODEL_TYPES.values()]
         raise ValueError(
-            f"{path} holds no U-Net or VarNet (no 'unet.*' or 'varnet.*' weights); "
-            "fastmri_growth loads UnetModule, DynamicUnetModule, VarNetModule and "
-            "DynamicVarNetModule checkpoints"
+            f"{path} holds no U-Net or VarNet (no {join_words(list(prefixes))} weights); "
+            f"fastmri_growth loads {join_words(classes, 'and')} checkpoints"
         )
-    module = MODULE_CLASSES[kind].load_from_checkpoint(str(path), map_location=map_location)
+    module = MODEL_TYPES[kind].module_class().load_from_checkpoint(
+        str(path), map_location=map_location)
     module.eval()
     return module
