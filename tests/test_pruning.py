@@ -185,7 +185,7 @@ BAD_OPTIONS = [
     (dict(prune_schedule="interval"), ["exactly one of prune_n and prune_fraction"]),
     (dict(prune_schedule="interval", prune_fraction=1.0), ["prune_fraction", "(0, 1)", "1.0"]),
     (dict(prune_schedule="interval", prune_fraction=0.0), ["(0, 1)"]),
-    (dict(prune_schedule="interval", prune_n=0), ["prune_n must be an int >= 1, got 0"]),
+    (dict(prune_schedule="interval", prune_n=0), ["prune_n must be an int >= 1 or None, got 0"]),
     (dict(prune_schedule="epochs", prune_n=1), ["prune_epochs"]),
     (dict(prune_schedule="epochs", prune_n=1, prune_epochs="2,x"), ["'2,x'"]),
     (dict(prune_schedule="interval", prune_n=1, prune_criterion="l1"), ["'l1'", "taylor"]),

@@ -69,7 +69,7 @@ class UpdateRamp:
 
         A weight can change twice in one event (a conv2 gets an input
         column from its conv1, then output rows), and a weight may still be
-        ramping from an earlier event: the earlier mask is carried into the
+        ramping from an earlier event: earlier masks are carried into the
         new shape, and the ramp starts anew for the whole mask.
 
         Args:
@@ -77,25 +77,31 @@ class UpdateRamp:
             names: ``id(parameter) -> name`` of the live parameters.
             epoch: The event's epoch.
         """
-        if not self.active:
-            return
-        for ch in changes:
-            name = names.get(id(ch.new))
-            if name is None:
-                continue
-            mask = ch.new_mask().clone()
-            earlier = self.entries.pop(name, None)
-            if earlier is not None and tuple(earlier.mask.shape) == tuple(ch.old.shape):
-                mask |= ch.carry(earlier.mask.to(ch.new.dtype), ch.new.new_zeros(())) > 0.5
-            self.entries[name] = RampEntry(mask, 0, epoch)
+        if self.active:
+            for name, chain in _chains(changes, names):
+                self.entries[name] = RampEntry(self._carry(name, chain, added=True), 0, epoch)
 
     def pruned(self, changes: Iterable[ParamChange], names: Mapping[int, str]) -> None:
         """Masks of recently added entries follow the entries that pruning kept."""
-        for ch in changes:
-            name = names.get(id(ch.new))
-            entry = self.entries.get(name) if name is not None else None
-            if entry is not None and tuple(entry.mask.shape) == tuple(ch.old.shape):
-                entry.mask = ch.carry(entry.mask.to(ch.new.dtype), ch.new.new_zeros(())) > 0.5
+        for name, chain in _chains(changes, names):
+            mask = self._carry(name, chain, added=False)
+            if mask is not None:
+                self.entries[name].mask = mask
+
+    def _carry(self, name: str, chain, added: bool):
+        """``name``'s mask through its chain of changes (with the added entries, if ``added``)."""
+        earlier = self.entries.get(name)
+        mask = None
+        if earlier is not None and tuple(earlier.mask.shape) == tuple(chain[0].old.shape):
+            mask = earlier.mask
+        for ch in chain:
+            kept = None if mask is None else \
+                ch.carry(mask.to(ch.new.dtype), ch.new.new_zeros(())) > 0.5
+            if added:
+                mask = ch.new_mask().clone() if kept is None else ch.new_mask() | kept
+            else:
+                mask = kept
+        return mask
 
     def start_epoch(self) -> None:
         """The learning-rate scale lasts for the event's epoch; a ramp may last longer."""
@@ -136,3 +142,11 @@ class UpdateRamp:
             if p is not None and tuple(p.shape) == tuple(rec["mask"].shape):
                 self.entries[name] = RampEntry(rec["mask"].to(p.device).bool(), int(rec["steps"]),
                                                int(rec["epoch"]))
+
+
+def _chains(changes: Iterable[ParamChange], names: Mapping[int, str]):
+    """``(name, [changes])`` per live parameter: the changes one tensor went through, in order."""
+    chains: Dict[int, list] = {}
+    for ch in changes:
+        chains[id(ch.new)] = chains.pop(id(ch.old), []) + [ch]
+    return [(names[key], chain) for key, chain in chains.items() if key in names]

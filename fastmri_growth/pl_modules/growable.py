@@ -117,8 +117,7 @@ class GrowthMixin:
     # ----------------------------------------------------------- checkpoints
     def _net_state_dict(self, checkpoint: Mapping[str, Any]) -> Dict[str, torch.Tensor]:
         prefix = self.growable_attr + "."
-        return {k[len(prefix):]: v for k, v in checkpoint.get("state_dict", {}).items()
-                if k.startswith(prefix)}
+        return {k: v for k, v in checkpoint.get("state_dict", {}).items() if k.startswith(prefix)}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Stores the widths as plain Python values (the schedule is the callback's)."""
