@@ -332,12 +332,10 @@ def test_resume_equals_uninterrupted_run(runs):
 def test_resume_mid_ramp_restores_the_new_weights_masks_and_steps(runs):
     """The interrupted run stopped 2 steps into the 80-step update ramp of its
     epoch-1 growth: the checkpoint holds the new entries' masks and step
-    counts by parameter name, which is what made the resumed run above equal
-    the uninterrupted one."""
-    from fastmri_growth.pl_modules import GrowthCallback
-
+    counts by parameter name (the growth callback's state), which is what made
+    the resumed run above equal the uninterrupted one."""
     ckpt = torch.load(runs["midway"], map_location="cpu", weights_only=False)
-    saved = ckpt[GrowthCallback.NEW_WEIGHTS_KEY]
+    saved = ckpt["callbacks"]["GrowthCallback"]["ramp"]
     params = dict(runs["b1"].named_parameters())
     assert saved and set(saved) <= set(params)
     assert "unet.down_sample_layers.0.layers.4.weight" in saved  # the grown conv2

@@ -410,21 +410,21 @@ def test_moment_seeding_is_the_mean_squared_per_batch_gradient(method):
 
 
 def test_update_ramp_scales_the_first_steps_of_new_weights():
-    schedule = types.SimpleNamespace(kind="interval", sites=[], state={})
-    cb = GrowthCallback.__new__(GrowthCallback)
-    cb.__dict__.update(new_filter_lr_scale=1.0, new_filter_ramp_steps=4, _before_step={},
-                       _new={}, schedule=schedule)
-    p = torch.nn.Parameter(torch.zeros(3))
-    mask = torch.tensor([False, True, True])
-    cb._new[p] = [mask, 0, 1]
+    from fastmri_growth.growth.ramp import RampEntry
+
+    cb = GrowthCallback(new_filter_ramp_steps=4)
+    module = torch.nn.Module()
+    module.w = torch.nn.Parameter(torch.zeros(3))
+    p = module.w
+    cb.ramp.entries["w"] = RampEntry(torch.tensor([False, True, True]), 0, 1)
     trainer = types.SimpleNamespace(current_epoch=1)
     seen = []
     for step in range(1, 6):
-        cb.on_before_optimizer_step(trainer, None, None)
+        cb.on_before_optimizer_step(trainer, module, None)
         with torch.no_grad():
             p += 1.0  # the optimizer's update
         before = p.detach().clone()
-        cb.on_train_batch_end(trainer, None, None, None, 0)
+        cb.on_train_batch_end(trainer, module, None, None, 0)
         seen.append((p.detach() - before + 1.0).tolist())
     # Old entry: full updates; new entries: 1/4, 2/4, 3/4, 1, 1 of theirs.
     assert [s[0] for s in seen] == [1.0] * 5

@@ -185,7 +185,7 @@ BAD_OPTIONS = [
     (dict(prune_schedule="interval"), ["exactly one of prune_n and prune_fraction"]),
     (dict(prune_schedule="interval", prune_fraction=1.0), ["prune_fraction", "(0, 1)", "1.0"]),
     (dict(prune_schedule="interval", prune_fraction=0.0), ["(0, 1)"]),
-    (dict(prune_schedule="interval", prune_n=0), ["prune_n must be an int >= 1, got 0"]),
+    (dict(prune_schedule="interval", prune_n=0), ["prune_n must be an int >= 1 or None, got 0"]),
     (dict(prune_schedule="epochs", prune_n=1), ["prune_epochs"]),
     (dict(prune_schedule="epochs", prune_n=1, prune_epochs="2,x"), ["'2,x'"]),
     (dict(prune_schedule="interval", prune_n=1, prune_criterion="l1"), ["'l1'", "taylor"]),
@@ -226,7 +226,7 @@ def test_pruning_in_a_fit_resumes_like_the_uninterrupted_run(knee, tmp_path):
     trainer(tmp_path / "full", 4).fit(full, loader(knee))
     size = full.unet.get_network_size()
     # Pruned at epochs 1 and 3 (one filter per site each), grown at epoch 2.
-    assert full.growth_callback._pruned_epochs == [1, 3]
+    assert full.growth_callback.pruned_epochs == [1, 3]
     assert (size["down_0"]["conv1_out"], size["down_0"]["conv2_out"],
             size["up_1"]["conv2_out"]) == (2, 2, 2)
     assert size["bottleneck"]["conv1_out"] == 17
@@ -240,7 +240,7 @@ def test_pruning_in_a_fit_resumes_like_the_uninterrupted_run(knee, tmp_path):
     resumed = DynamicUnetModule(**PRUNE)
     trainer(tmp_path / "resumed", 4).fit(resumed, loader(knee),
                                         ckpt_path=str(tmp_path / "half" / "last.ckpt"))
-    assert resumed.growth_callback._pruned_epochs == [1, 3]
+    assert resumed.growth_callback.pruned_epochs == [1, 3]
     assert resumed.unet.get_network_size() == size
     ref = full.state_dict()
     for k, v in resumed.state_dict().items():

@@ -96,7 +96,7 @@ def test_readme_backbone_example_grows_exactly_and_in_a_lightning_fit(tmp_path):
     scores equal brute force, and a checkpoint resumes at the grown width."""
     script = readme_example("add a backbone") + '''
 import pytorch_lightning as pl
-from fastmri_growth.growth import GrowthSchedule, brute_force_scores_at, generate_candidates
+from fastmri_growth.growth import brute_force_scores_at, generate_candidates
 from fastmri_growth.growth import score_candidates_at
 from fastmri_growth.pl_modules import GrowthCallback
 
@@ -109,49 +109,11 @@ one = score_candidates_at(net64, site, cands, [(xd, yd)], loss_of(net64))
 brute = brute_force_scores_at(net64, site, cands, [(xd, yd)], loss_of)
 print("scores", float(((one - brute).abs() / brute.abs()).max()) < 1e-12)
 
-
-class MyModule(pl.LightningModule):
-    def __init__(self):
-        super().__init__()
-        self.net = TwoLayerNet()
-
-    def growable_net(self):
-        return self.net
-
-    def growth_loss(self, batch):
-        return F.l1_loss(self.net(batch[0]), batch[1])
-
-    def training_step(self, batch, batch_idx):
-        return self.growth_loss(batch)
-
-    def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=1e-3)
-
-    def on_load_checkpoint(self, checkpoint):
-        sd = {k[len("net."):]: v for k, v in checkpoint["state_dict"].items()}
-        self.net.resize_from_state_dict(sd)
-
-
-data = torch.utils.data.TensorDataset(torch.randn(8, 1, 16, 16), torch.randn(8, 1, 16, 16))
-loader = torch.utils.data.DataLoader(data, batch_size=2)
-schedule = GrowthSchedule("interval", sites=[Site("hidden", 0)], interval=1, start_epoch=1)
-module = MyModule()
-trainer = pl.Trainer(max_epochs=3, logger=False, enable_progress_bar=False,
-                     enable_model_summary=False, default_root_dir="run",
-                     callbacks=[GrowthCallback(schedule, n_new=2)])
-trainer.fit(module, loader)
+''' + readme_example("own Lightning module") + '''
+(growth,) = [c for c in trainer.callbacks if isinstance(c, GrowthCallback)]
 opt_params = {id(p) for g in trainer.optimizers[0].param_groups for p in g["params"]}
-print("width", module.net.get_network_size()["hidden"]["conv1_out"],
-      all(id(p) in opt_params for p in module.parameters()))
-resumed = MyModule()
-t2 = pl.Trainer(max_epochs=4, logger=False, enable_progress_bar=False,
-                enable_model_summary=False, default_root_dir="run",
-                callbacks=[GrowthCallback(GrowthSchedule("interval", sites=[Site("hidden", 0)],
-                                                         interval=1, start_epoch=1), n_new=2)])
-t2.fit(resumed, loader, ckpt_path=trainer.checkpoint_callback.best_model_path)
-(growth,) = [c for c in t2.callbacks if isinstance(c, GrowthCallback)]
 print("resumed", resumed.net.get_network_size()["hidden"]["conv1_out"],
-      growth.schedule.state["grown_epochs"])
+      growth.schedule.state["grown_epochs"], all(id(p) in opt_params for p in resumed.parameters()))
 '''
     (tmp_path / "backbone.py").write_text(script, encoding="utf-8")
     proc = subprocess.run([sys.executable, "backbone.py"], capture_output=True, text=True,
@@ -162,9 +124,10 @@ print("resumed", resumed.net.get_network_size()["hidden"]["conv1_out"],
                     r"4 -> 6 filters$", lines[0]), lines
     assert lines[1] == "True"
     assert "scores True" in lines
-    assert "width 8 True" in lines  # grew at epochs 1 and 2
-    # The checkpoint (epoch 2, width 8, grown at 1 and 2) resumes grown; epoch 3 grows once more.
-    assert lines[-1] == "resumed 10 [1, 2, 3]"
+    # The checkpoint (epoch 2, width 8, grown at 1 and 2) resumes grown; epoch 3 grows once more,
+    # with every parameter in the optimizer. The README's printed line says so too.
+    assert lines[-2] == "{'hidden': {'conv1_out': 10}}"
+    assert lines[-1] == "resumed 10 [1, 2, 3] True"
 
 
 def test_readme_model_type_example_adds_a_model_type_to_the_command_line(tmp_path):

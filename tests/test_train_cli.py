@@ -142,11 +142,11 @@ def test_unet_model_type_has_no_growth_flags_and_its_own_defaults(capsys):
 
 
 def test_growth_flags_accept_both_spellings_and_module_defaults():
-    from fastmri_growth.pl_modules import DynamicUnetModule
+    from fastmri_growth.growth.config import defaults as growth_defaults
 
     defaults = train_parser.parse_args([])
     assert defaults.model_type == "dynamic_unet"
-    for name, value in DynamicUnetModule.growth_defaults().items():
+    for name, value in growth_defaults().items():
         assert getattr(defaults, name) == value, name
     hyphen = train_parser.parse_args(
         ["--growth-method", "split", "--n-new", "3", "--layers-to-grow", "down_0"])

@@ -405,18 +405,16 @@ MODULE_ARCH = dict(num_cascades=2, pools=1, chans=2, sens_pools=1, sens_chans=2)
 def test_module_constructor_is_fastmris_plus_the_growth_options():
     from fastmri.pl_modules import VarNetModule as FastmriVarNetModule
 
-    from fastmri_growth.pl_modules import DynamicUnetModule, DynamicVarNetModule
-    from fastmri_growth.pl_modules.growth_options import growth_default
+    from fastmri_growth.growth.config import defaults
+    from fastmri_growth.pl_modules import DynamicVarNetModule
 
     def params(cls):
         return [(p.name, p.default) for p in inspect.signature(cls.__init__).parameters.values()
                 if p.name != "self" and p.kind != p.VAR_KEYWORD]
 
-    theirs, ours = params(FastmriVarNetModule), params(DynamicVarNetModule)
-    assert ours[:len(theirs)] == theirs
-    growth = ours[len(theirs):]
-    assert growth == params(DynamicUnetModule)[len(params(DynamicUnetModule)) - len(growth):]
-    assert all(default == growth_default(name) for name, default in growth)
+    assert params(DynamicVarNetModule) == params(FastmriVarNetModule)
+    module = DynamicVarNetModule(**MODULE_ARCH)
+    assert {name: module.hparams[name] for name in defaults()} == defaults()
 
 
 def test_module_starts_as_fastmris_varnet_and_grows_on_its_training_loss(tmp_path):

@@ -88,82 +88,23 @@ def progressive_epochs(spec: Any) -> List[int]:
     return out
 
 
-#: Growth flags that belong to some schedules only (a flag given with another
-#: schedule would be ignored without a word).
-SCHEDULE_FLAGS = {
-    "growth_interval": ("interval", "budget"),
-    "growth_start_epoch": ("interval", "plateau", "budget"),
-    "plateau_patience": ("plateau",),
-    "plateau_min_delta": ("plateau",),
-    "progressive_schedule": ("progressive",),
-    "layers_to_grow": ("interval", "plateau", "budget"),
-    "n_new": ("interval", "plateau", "progressive"),
-}
-#: Prune flags that belong to some prune schedules only (None: any prune schedule).
-PRUNE_FLAGS = {
-    "prune_interval": ("interval",),
-    "prune_start_epoch": ("interval",),
-    "prune_epochs": ("epochs",),
-    # exchange removes as many filters as each growth event adds
-    "prune_n": ("interval", "epochs"),
-    "prune_fraction": ("interval", "epochs"),
-    "prune_criterion": None,
-    "prune_sites": None,
-    "min_width": None,
-}
-#: Prune flags whose use without a prune schedule the module reports itself.
-PRUNE_FLAGS_MODULE_CHECKS = ("prune_n", "prune_fraction", "prune_epochs", "prune_sites")
-
-
-def _spell(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
 def check_growth_flags(args: argparse.Namespace) -> None:
     """Growth flags that the chosen schedule, prune schedule or method would ignore.
 
-    Only flags given on the command line count (``args.given_flags``).
+    Only flags given on the command line count (``args.given_flags``); which
+    option applies to what is declared with the option
+    (:mod:`fastmri_growth.growth.config`).
 
     Raises:
         UsageError: naming the flag, what it applies to, and the fix.
     """
     if args.model_type not in GROWING_MODEL_TYPES or args.mode != "train":
         return
-    given = getattr(args, "given_flags", set())
-    kind = args.growth_schedule
-    for name, kinds in SCHEDULE_FLAGS.items():
-        if name in given and kind not in kinds:
-            if name == "layers_to_grow" and kind == "progressive":
-                raise UsageError(
-                    "--layers-to-grow does not apply to --growth-schedule progressive, whose "
-                    "--progressive-schedule names the sites of each epoch "
-                    "('EPOCH:LAYER[:CONV],...;...'); drop --layers-to-grow")
-            applies = " or ".join(kinds)
-            raise UsageError(
-                f"{_spell(name)} applies to --growth-schedule {applies}, not {kind}; pass "
-                f"--growth-schedule {kinds[0]} or drop {_spell(name)}")
-    from fastmri_growth.growth.methods import METHODS, all_options
+    from fastmri_growth.growth.config import inapplicable
 
-    method = args.growth_method
-    mine = {o.name for o in METHODS[method].options} if method in METHODS else set()
-    for name in all_options():
-        if name in given and name not in mine:
-            takers = [m for m, cls in METHODS.items() if name in {o.name for o in cls.options}]
-            raise UsageError(
-                f"{_spell(name)} is an option of --growth-method {' or '.join(takers)}, not "
-                f"{method}; drop it or pass --growth-method {takers[0]}")
-    prune = getattr(args, "prune_schedule", None)
-    for name, kinds in PRUNE_FLAGS.items():
-        if name not in given:
-            continue
-        if prune is None:
-            if name in PRUNE_FLAGS_MODULE_CHECKS:
-                continue
-            raise UsageError(f"{_spell(name)} needs a --prune-schedule (interval, epochs or "
-                             "exchange); pass one or drop the flag")
-        if kinds is not None and prune not in kinds:
-            raise UsageError(f"{_spell(name)} applies to --prune-schedule {' or '.join(kinds)}, "
-                             f"not {prune}; drop it")
+    problem = inapplicable(vars(args), getattr(args, "given_flags", set()))
+    if problem:
+        raise UsageError(problem)
 
 
 def never_grows_reason(args: argparse.Namespace, module: Any) -> Optional[str]:
@@ -189,12 +130,12 @@ def never_grows_reason(args: argparse.Namespace, module: Any) -> Optional[str]:
                 + (f" and the checkpoint has done {done} growth event(s)" if done else ""))
     sites = list(schedule.sites) if schedule.kind != "progressive" else [
         s for group in schedule.progressive.values() for s in group]
-    if callback.max_width is not None and sites:
+    if callback.config.max_width is not None and sites:
         size = module.growable_net().get_network_size()
         widths = {s.key: width_of(size, s) for s in sites}
-        if all(w >= callback.max_width for w in widths.values()):
+        if all(w >= callback.config.max_width for w in widths.values()):
             narrowest = min(widths, key=widths.get)
-            return (f"--max-width {callback.max_width} is not above the width of any site to "
+            return (f"--max-width {callback.config.max_width} is not above the width of any site to "
                     f"grow (the narrowest, {narrowest}, has {widths[narrowest]} filters)")
     if max_epochs is None:
         return None

@@ -294,6 +294,6 @@ def given_flags(parser: argparse.ArgumentParser, argv: Sequence[str]) -> set:
 
 def growth_options() -> List[str]:
     """The option strings (both spellings) that only the growing model types have."""
-    from fastmri_growth.pl_modules import DynamicUnetModule
+    from fastmri_growth.growth.config import flag_strings
 
-    return DynamicUnetModule.growth_option_strings()
+    return flag_strings()

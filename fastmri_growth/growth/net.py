@@ -213,6 +213,33 @@ class GrowableNet(Protocol):
         """Rebuild in place at the widths a state dict's shapes say (for checkpoints)."""
 
 
+def resize_on_load(net: nn.Module) -> nn.Module:
+    """Make ``net`` take a state dict's widths whenever one is loaded into it.
+
+    Registers a ``load_state_dict`` pre-hook that calls
+    ``net.resize_from_state_dict`` with the keys under ``net``'s own prefix,
+    so loading a grown checkpoint into a module that holds ``net`` under any
+    attribute name (``module.load_state_dict``, Lightning's resume and
+    ``load_from_checkpoint``) first rebuilds ``net`` at the saved widths.
+    Idempotent.
+
+    Args:
+        net: A :class:`GrowableNet`.
+
+    Returns:
+        ``net``.
+    """
+    if not getattr(net, "_resizes_on_load", False):
+        def hook(module, state_dict, prefix, *_):
+            own = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+            if own:
+                module.resize_from_state_dict(own)
+
+        net.register_load_state_dict_pre_hook(hook)
+        net._resizes_on_load = True
+    return net
+
+
 def channelwise(modules: Sequence[nn.Module]) -> Callable[[torch.Tensor], torch.Tensor]:
     """The functional, channel-count-agnostic form of norm/activation modules.
 

@@ -355,3 +355,45 @@ class PruneSchedule:
         if self.kind == "epochs":
             return epoch in self.epochs
         return False
+
+
+def fixed_removals(size: Dict, sites: Sequence[Site], n: Optional[int],
+                   fraction: Optional[float], min_width: int) -> Dict[Site, int]:
+    """Filters removed per site at a plain pruning event: ``n`` or ``fraction`` of its width."""
+    from .schedule import width_of
+
+    out = {}
+    for site in sites:
+        width = width_of(size, site)
+        k = n if n is not None else max(1, int(round(fraction * width)))
+        k = min(k, width - min_width)
+        if k > 0:
+            out[site] = k
+    return out
+
+
+def exchange_removals(scores: Dict[Site, torch.Tensor], criterion: str, room: Dict[Site, int],
+                      total: int) -> Dict[Site, List[int]]:
+    """The ``total`` filters, over all sites, that go first in removal order.
+
+    Args:
+        scores: Per site, each filter's score under ``criterion`` `(C,)`.
+        criterion: A :data:`PRUNE_CRITERIA` name.
+        room: Per site, how many filters it may lose (width - min_width).
+        total: Filters to remove in all (as many as the growth event adds).
+
+    Returns:
+        Per site, the indices of its filters to remove.
+    """
+    ranked = sorted(((float(v), k, site) for site in scores
+                     for k, v in enumerate(removal_key(criterion, scores[site]))),
+                    key=lambda t: t[0])
+    picked: Dict[Site, List[int]] = {}
+    count = 0
+    for _, k, site in ranked:
+        if count == total:
+            break
+        if len(picked.get(site, [])) < room[site]:
+            picked.setdefault(site, []).append(k)
+            count += 1
+    return picked

@@ -296,3 +296,75 @@ def budget_targets_for(net, sites: Sequence[Site], target_chans: Optional[int] =
         lo, hi = (mid, hi) if params_at(scaled(mid)) < target_params else (lo, mid)
     target = scaled(hi)
     return start, target, params_at(target)
+
+
+# ---------------------------------------------------------------- per event
+def event_counts(size: Dict, sites: Sequence[Site], n_new: int,
+                 targets: Optional[Dict[str, int]] = None,
+                 max_width: Optional[int] = None) -> Dict[Site, int]:
+    """How many filters each site gets at one event (sites with none left out).
+
+    Args:
+        size: The network's ``get_network_size()``.
+        sites: The event's sites.
+        n_new: Filters per site (without budget targets).
+        targets: The budget schedule's target widths of this event, by site key.
+        max_width: Cap on any conv's filters.
+    """
+    out = {}
+    for site in sites:
+        width = width_of(size, site)
+        n = n_new if targets is None else targets.get(site.key, width) - width
+        if max_width is not None:
+            n = min(n, max_width - width)
+        if n > 0:
+            out[site] = n
+    return out
+
+
+def auto_budget_counts(schedule: GrowthSchedule, net, auto: int,
+                       max_width: Optional[int] = None):
+    """Budget schedule with auto sites: this event's parameter increment over the chosen sites.
+
+    Returns ``count(site_score) -> filters`` for the engine, which calls it
+    for each chosen site. No site grows past its target width: auto sites
+    decides which sites get there first. (Uncapped, a full-resolution site,
+    cheap in parameters per filter, took a hundred filters in one event and
+    the network three times the target's FLOPs: benchmarks/README.md.)
+    """
+    budget = schedule.state["budget"]
+    left = len([e for e in schedule.budget_epochs()
+                if e not in schedule.state["grown_epochs"]]) or 1
+    now = sum(p.numel() for p in net.parameters())
+    step = max(0, budget["target_params"] - now) / left
+    size = net.get_network_size()
+
+    def count(score) -> int:
+        n = int(round(step / (auto * max(score.params_per_filter, 1))))
+        room = budget["target"][score.site.key] - width_of(size, score.site)
+        if max_width is not None:
+            room = min(room, max_width - width_of(size, score.site))
+        # Only sites below this event's target are offered: room >= 1.
+        return max(1, min(n, room))
+    return count
+
+
+def scoring_batch_indices(seed: int, epoch: int, rank: int, extra_batches: int,
+                          batch_size: int, dataset_len: int) -> List[List[int]]:
+    """Dataset indices of an event's extra scoring batches, drawn reproducibly.
+
+    The generator is seeded by the seed, the epoch and the rank, so a
+    resumed run draws the same batches, and each process its own.
+
+    Returns:
+        One list of indices per batch (at most ``extra_batches`` of
+        ``batch_size``; fewer when the dataset is small).
+    """
+    import torch
+
+    if extra_batches <= 0 or dataset_len <= 0:
+        return []
+    g = torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 8191 + rank + 1)
+    count = min(extra_batches * batch_size, dataset_len)
+    idx = torch.randperm(dataset_len, generator=g)[:count].tolist()
+    return [idx[i:i + batch_size] for i in range(0, count, batch_size)]

@@ -1,19 +1,26 @@
 """GrowthMixin: what every growing fastMRI module shares.
 
 A module that mixes this in (before its fastMRI base) holds one growable
-network as the attribute named by :attr:`GrowthMixin.growable_attr` and a
-:class:`~.growth_callback.GrowthCallback` built by
-:func:`~.growth_options.build_growth_callback`; the mixin attaches the
-callback, gives access to its schedule and reports, and keeps the grown
+network as the attribute named by :attr:`GrowthMixin.growable_attr`, takes
+the growth options (:class:`~fastmri_growth.growth.config.GrowthConfig`) as
+keyword arguments next to its own, and calls :meth:`GrowthMixin.init_growth`
+once its network is built. The mixin records every option as a
+hyperparameter under its flag name, attaches the
+:class:`~.growth_callback.GrowthCallback`, adds the growth flags to the
+module's own, gives access to the schedule and reports, and keeps the grown
 widths in checkpoints (resized in ``on_load_checkpoint``, which Lightning
 runs before loading the weights).
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping
+from argparse import ArgumentParser
+from typing import Any, Dict, Mapping, Tuple
 
 import torch
 
+from fastmri_growth.growth import config as growth_config
+from fastmri_growth.growth.config import GrowthConfig
+from fastmri_growth.growth.net import resize_on_load
 from fastmri_growth.growth.schedule import GrowthSchedule
 
 from .growth_callback import GrowthCallback
@@ -34,6 +41,46 @@ class GrowthMixin:
     checkpoint_key: str = "growth"
     growth_callback_class = GrowthCallback
     growth_callback: GrowthCallback
+    #: Flag help that differs for this backbone (its site names).
+    growth_help: Dict[str, str] = {}
+
+    @staticmethod
+    def split_growth_options(kwargs: Mapping[str, Any]) -> Tuple[GrowthConfig, Dict[str, Any]]:
+        """``(checked growth configuration, the other keyword arguments)``.
+
+        Called first in a growing module's constructor, so a bad option
+        fails before any network is built.
+        """
+        return GrowthConfig.split(kwargs)
+
+    def init_growth(self, config: GrowthConfig) -> None:
+        """Record every growth option as a hyperparameter and attach the callback.
+
+        Called once the network exists: the schedule is built for its sites
+        (a bad site or a budget target below the start fails now), and the
+        network resizes itself to a state dict's widths whenever one is loaded.
+        """
+        # save_hyperparameters() records the keywords given; every option is
+        # recorded (under its flag name) so a checkpoint says how it grew.
+        self.hparams.update(config.options())
+        self.growth_callback = self.growth_callback_class(config)
+        net = self.growable_net()
+        self.growth_callback.prepare(net)
+        resize_on_load(net)
+
+    @property
+    def growth_config(self) -> GrowthConfig:
+        return self.growth_callback.config
+
+    @classmethod
+    def add_model_specific_args(cls, parent_parser: ArgumentParser) -> ArgumentParser:
+        """The fastMRI base module's flags, then every growth flag.
+
+        Growth flags accept the hyphen and the underscore spelling
+        (``--growth-method`` / ``--growth_method``).
+        """
+        parser = super().add_model_specific_args(parent_parser)
+        return growth_config.add_arguments(parser, cls.growth_help)
 
     # ------------------------------------------------ GrowableModule protocol
     def growable_net(self):
