@@ -178,7 +178,7 @@ class GrowthConfig:
     combination, and raises ValueError naming the value and the valid ones.
     """
 
-    growth_method: str = option("sample_select", "", choices=lambda: list(METHODS),
+    growth_method: str = option("sample_select", "A registered growth method", choices=lambda: list(METHODS),
                                 check=_method_name)
     growth_interval: int = option(1, "interval schedule: grow every N epochs", parse=int,
                                   check=POSITIVE, applies=("interval", "budget"))

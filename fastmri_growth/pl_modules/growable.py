@@ -26,6 +26,10 @@ from fastmri_growth.growth.schedule import GrowthSchedule
 from .growth_callback import GrowthCallback
 
 
+#: What fastMRI's ``MriModule`` takes through a module's ``**kwargs``.
+MRI_MODULE_ARGS = ("num_log_images",)
+
+
 class GrowthMixin:
     """Growth plumbing of a LightningModule with one growable network.
 
@@ -50,7 +54,16 @@ class GrowthMixin:
 
         Called first in a growing module's constructor, so a bad option
         fails before any network is built.
+
+        Raises:
+            ValueError: a keyword that is neither a growth option nor
+                ``MriModule``'s ``num_log_images``, or a bad option value.
         """
+        known = growth_config.option_names() + list(MRI_MODULE_ARGS)
+        unknown = sorted(set(kwargs) - set(known))
+        if unknown:
+            raise ValueError(f"Unknown growth option(s) {', '.join(unknown)}; valid: "
+                             f"{', '.join(known)}")
         return GrowthConfig.split(kwargs)
 
     def init_growth(self, config: GrowthConfig) -> None:
