@@ -28,17 +28,19 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Union
+from dataclasses import dataclass, replace
+from typing import (Any, Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence,
+                    Tuple, Union)
 
 import torch
 from torch import nn
 
-from .methods import GrowthMethod, get_method
+from .methods import GrowthMethod, Proposal, get_method
 from .net import SiteSpec
 from .report import GrowthReport
 from .scoring import DEFAULT_SITE_CRITERION, SiteScore, rank_sites, site_value
 from .sites import Site, as_site
-from .statistics import LossFn, ReduceFn, SiteStatistics, _EvalMode, collect
+from .statistics import LossFn, ReduceFn, SiteStatistics, Statistics, _EvalMode, collect
 from .surgery import ParamChange, compose_maps
 
 #: How new filters' fan-out slices start: ``zero`` keeps the function;
@@ -51,18 +53,50 @@ DESCENT_SCALES = (1 / 64, 1 / 32, 1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0, 2.0, 4.0)
 Count = Union[int, Mapping[Site, int], Callable[[SiteScore], int]]
 
 
-def _check_count(name: str, value: Any) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-    return value
+@dataclass
+class _Request:
+    """A validated growth request (phase 1), what the later phases read.
+
+    ``sites`` are in the caller's order: with ``auto_sites`` the pool, then
+    the chosen sites; ``specs`` are theirs before the event; ``counts`` stays
+    empty until the sites are chosen when ``n_new`` is a function; ``given``
+    holds explicit fan-ins `(K, C_in, kh, kw)`; the rest is :func:`grow`'s.
+    """
+
+    method: GrowthMethod
+    sites: List[Site]
+    specs: List[SiteSpec]
+    counts: Dict[Site, int]
+    given: Dict[Site, torch.Tensor]
+    batches: Optional[List[Any]]
+    n_new: Count
+    auto_sites: Optional[int]
+    site_criterion: str
+    fan_out_init: str
+    loss_fn: Optional[LossFn]
+    generator: Optional[torch.Generator]
+    reduce_fn: Optional[ReduceFn]
 
 
-def _input_dim(module: nn.Module) -> Optional[int]:
-    if isinstance(module, nn.ConvTranspose2d):
-        return 0
-    if isinstance(module, nn.Conv2d):
-        return 1
-    return None
+class _Scored(NamedTuple):
+    """Phases 2-3: pools `(K, C_in, kh, kw)` per site, their statistics (None:
+    no pass was needed), and with ``auto_sites`` every ranked site's score."""
+
+    candidates: Dict[Site, torch.Tensor]
+    stats: Optional[Statistics]
+    site_scores: Dict[Site, SiteScore]
+
+
+class _Grown(NamedTuple):
+    """Phase 5 at one site: the network around it, its changes, its seconds."""
+
+    site: Site
+    size_before: Dict
+    params_before: int
+    size_after: Dict
+    params_after: int
+    changes: List[ParamChange]
+    seconds: float
 
 
 def grow(
@@ -113,6 +147,31 @@ def grow(
         RuntimeError: a non-finite loss or score; the network is unchanged.
     """
     start = time.perf_counter()
+    req = _validate(net, sites, method, batches, loss_fn, n_new, candidates, generator,
+                    reduce_fn, fan_out_init, method_options, auto_sites, site_criterion)
+    scored = _score(net, req)
+    if req.auto_sites is not None:
+        req, scored = _choose_sites(net, req, scored)
+    shared = time.perf_counter() - start
+    proposals = _propose(req, scored)  # nothing has changed up to here
+    grown = _apply_surgery(net, req, proposals)
+    loss = scored.stats.loss if scored.stats is not None else float("nan")
+    loss_after, scale = float("nan"), None
+    if req.fan_out_init == "descent":
+        t0 = time.perf_counter()
+        scale, loss_after = descent_fan_out(net, [c for g in grown for c in g.changes],
+                                            req.batches, req.loss_fn, loss, req.reduce_fn)
+        shared += time.perf_counter() - t0
+    return _reports(req, proposals, grown, scored.site_scores, loss, loss_after, scale, shared)
+
+
+def _validate(net, sites, method, batches, loss_fn, n_new, candidates, generator, reduce_fn,
+              fan_out_init, method_options, auto_sites, site_criterion) -> _Request:
+    """Check the whole request (arguments as for :func:`grow`) before anything runs.
+
+    Raises:
+        ValueError: the first problem found.
+    """
     m = get_method(method, **dict(method_options or {}))
     site_list = list(net.growth_sites()) if sites is None else [as_site(s) for s in sites]
     if not site_list:
@@ -151,118 +210,157 @@ def grow(
         if loss_fn is None:
             raise ValueError("grow with batches needs loss_fn(batch) -> loss")
     else:
-        if m.needs_batches or fan_out_init == "descent" or auto_sites is not None:
-            raise ValueError(f"{m.name if m.needs_batches else 'this growth request'} needs "
-                             "scoring batches (got None)")
-        if "weight_grad" in m.wants():
-            for spec in specs:
-                if spec.conv.weight.grad is None:
-                    raise ValueError(
-                        f"{m.name} needs gradients: pass batch_data and target_data, or run a "
-                        f"backward pass first so that the conv weights have .grad "
-                        f"({spec.site.label} has none)"
-                    )
+        _check_without_batches(m, specs, fan_out_init, auto_sites)
+    return _Request(m, site_list, specs, counts, given, batches, n_new, auto_sites,
+                    site_criterion, fan_out_init, loss_fn, generator, reduce_fn)
 
-    want_w = "weight_grad" in m.wants()
 
-    def score(specs_: List[SiteSpec], counts_: Dict[Site, int]):
-        """Candidates (after an optional pre-pass), then one statistics pass."""
-        pre = None
-        if batches is not None:
-            pre_acc = {spec.site: a for spec in specs_
-                       if (a := m.pre_accumulator(spec, counts_.get(spec.site, 1))) is not None}
-            if pre_acc:
-                pre = collect(net, specs_, batches, loss_fn, accumulators=pre_acc,
-                              reduce_fn=reduce_fn)
-        cands_: Dict[Site, torch.Tensor] = {}
-        for spec in specs_:
-            c = m.candidates(spec, counts_.get(spec.site, 1), generator, given.get(spec.site),
-                             pre.sites[spec.site] if pre is not None else None)
-            if c is not None:
-                cands_[spec.site] = c
-        accumulators = {spec.site: a for spec in specs_
-                        if (a := m.accumulator(spec, counts_.get(spec.site, 1),
-                                               cands_.get(spec.site))) is not None}
-        # A method that scores nothing (no candidates, no statistics) runs no pass.
-        if batches is None or not (cands_ or accumulators or want_w):
-            return cands_, None
-        return cands_, collect(
-            net, specs_, batches, loss_fn, candidates=cands_,
-            want_weight_grad=[spec.site for spec in specs_] if want_w else (),
-            accumulators=accumulators, reduce_fn=reduce_fn,
-        )
-
-    cands, stats = score(specs, counts)
-    site_scores: Dict[Site, SiteScore] = {}
-    if auto_sites is not None:
-        ranked = rank_sites(specs, stats, site_criterion)
-        chosen = {r.site for r in ranked[:auto_sites]}
-        site_scores = {r.site: r for r in ranked}
-        order = {s: i for i, s in enumerate(site_list)}
-        site_list = sorted(chosen, key=order.__getitem__)
-        specs = [s for s in specs if s.site in chosen]
-        if callable(n_new):
-            counts = {s: _check_count("n_new", n_new(site_scores[s])) for s in site_list}
+def _check_without_batches(m: GrowthMethod, specs: List[SiteSpec], fan_out_init: str,
+                           auto_sites: Optional[int]) -> None:
+    """Without scoring batches only a method that needs no statistics can run."""
+    if m.needs_batches or fan_out_init == "descent" or auto_sites is not None:
+        raise ValueError(f"{m.name if m.needs_batches else 'this growth request'} needs "
+                         "scoring batches (got None)")
+    if "weight_grad" in m.wants():
         for spec in specs:
-            m.check(spec, counts[spec.site], given.get(spec.site))
-        if callable(n_new) and any(counts[s] != 1 for s in site_list):
-            # The pools that ranked the sites hold candidates for one filter
-            # each; the chosen sites get pools for their counts.
-            cands, stats = score(specs, counts)
-    shared = time.perf_counter() - start
+            if spec.conv.weight.grad is None:
+                raise ValueError(
+                    f"{m.name} needs gradients: pass batch_data and target_data, or run a "
+                    f"backward pass first so that the conv weights have .grad "
+                    f"({spec.site.label} has none)"
+                )
 
-    # -- proposals (nothing has changed yet)
-    proposals = {}
-    for spec in specs:
-        st = stats.sites[spec.site] if stats is not None else SiteStatistics(
-            spec.site, candidates=cands.get(spec.site))
-        proposals[spec.site] = m.propose(spec, counts[spec.site], st, generator)
-        rows = proposals[spec.site].rows
-        if rows is not None and rows.shape[0] != counts[spec.site]:
+
+def _check_count(name: str, value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    return value
+
+
+def _score(net: nn.Module, req: _Request) -> _Scored:
+    """Candidates for ``req``'s sites, then their statistics, on the network as it is."""
+    cands = _propose_candidates(net, req)
+    return _Scored(cands, _collect_statistics(net, req, cands), {})
+
+
+def _propose_candidates(net: nn.Module, req: _Request) -> Dict[Site, torch.Tensor]:
+    """Each site's pool of fan-ins `(K, C_in, kh, kw)`, after the method's pre-pass if any."""
+    m, pre = req.method, None
+    if req.batches is not None:
+        pre_acc = {spec.site: a for spec in req.specs
+                   if (a := m.pre_accumulator(spec, req.counts.get(spec.site, 1))) is not None}
+        if pre_acc:
+            pre = collect(net, req.specs, req.batches, req.loss_fn, accumulators=pre_acc,
+                          reduce_fn=req.reduce_fn)
+    cands: Dict[Site, torch.Tensor] = {}
+    for spec in req.specs:
+        c = m.candidates(spec, req.counts.get(spec.site, 1), req.generator,
+                         req.given.get(spec.site),
+                         pre.sites[spec.site] if pre is not None else None)
+        if c is not None:
+            cands[spec.site] = c
+    return cands
+
+
+def _collect_statistics(net: nn.Module, req: _Request, cands: Dict[Site, torch.Tensor]
+                        ) -> Optional[Statistics]:
+    """One statistics pass for every site and its pool (None when nothing needs one)."""
+    m = req.method
+    want_w = "weight_grad" in m.wants()
+    accumulators = {spec.site: a for spec in req.specs
+                    if (a := m.accumulator(spec, req.counts.get(spec.site, 1),
+                                           cands.get(spec.site))) is not None}
+    # A method that scores nothing (no candidates, no statistics) runs no pass.
+    if req.batches is None or not (cands or accumulators or want_w):
+        return None
+    return collect(net, req.specs, req.batches, req.loss_fn, candidates=cands,
+                   want_weight_grad=[spec.site for spec in req.specs] if want_w else (),
+                   accumulators=accumulators, reduce_fn=req.reduce_fn)
+
+
+def _choose_sites(net: nn.Module, req: _Request, scored: _Scored) -> Tuple[_Request, _Scored]:
+    """Keep the ``auto_sites`` best sites of the pool; their counts; their pools re-scored."""
+    ranked = rank_sites(req.specs, scored.stats, req.site_criterion)
+    chosen = {r.site for r in ranked[:req.auto_sites]}
+    site_scores = {r.site: r for r in ranked}
+    order = {s: i for i, s in enumerate(req.sites)}
+    site_list = sorted(chosen, key=order.__getitem__)
+    counts = req.counts
+    if callable(req.n_new):
+        counts = {s: _check_count("n_new", req.n_new(site_scores[s])) for s in site_list}
+    req = replace(req, sites=site_list, specs=[s for s in req.specs if s.site in chosen],
+                  counts=counts)
+    for spec in req.specs:
+        req.method.check(spec, counts[spec.site], req.given.get(spec.site))
+    if callable(req.n_new) and any(counts[s] != 1 for s in site_list):
+        # The pools that ranked the sites hold candidates for one filter
+        # each; the chosen sites get pools for their counts.
+        scored = _score(net, req)
+    return req, scored._replace(site_scores=site_scores)
+
+
+def _propose(req: _Request, scored: _Scored) -> Dict[Site, Proposal]:
+    """The method's new filters per site (nothing has changed yet).
+
+    Raises:
+        RuntimeError: the method proposed another number of filters than asked for.
+    """
+    m, proposals = req.method, {}
+    for spec in req.specs:
+        st = scored.stats.sites[spec.site] if scored.stats is not None else SiteStatistics(
+            spec.site, candidates=scored.candidates.get(spec.site))
+        proposals[spec.site] = p = m.propose(spec, req.counts[spec.site], st, req.generator)
+        if p.rows is not None and p.rows.shape[0] != req.counts[spec.site]:
             raise RuntimeError(
-                f"{m.name} proposed {rows.shape[0]} filters at {spec.site.label} where "
-                f"{counts[spec.site]} were asked for; the model is unchanged")
+                f"{m.name} proposed {p.rows.shape[0]} filters at {spec.site.label} where "
+                f"{req.counts[spec.site]} were asked for; the model is unchanged")
+    return proposals
 
-    # -- surgery, site by site on the live network
-    pending = []
-    in_maps: Dict[int, torch.Tensor] = {}
-    for site in site_list:
+
+def _apply_surgery(net: nn.Module, req: _Request, proposals: Dict[Site, Proposal]
+                   ) -> List[_Grown]:
+    """The surgery, site by site on the live network.
+
+    Each site's spec is taken anew, and its proposed fan-ins are remapped to
+    the input channels that earlier sites of the event added.
+    """
+    grown, in_maps = [], {}
+    for site in req.sites:
         t0 = time.perf_counter()
         size_before, params_before = net.get_network_size(), _num_params(net)
         spec = net.site_spec(site)
-        changes = m.apply(spec, proposals[site], in_maps.get(id(spec.conv)))
+        changes = req.method.apply(spec, proposals[site], in_maps.get(id(spec.conv)))
         _track_input_maps(changes, in_maps)
         net.sync_attributes()
-        pending.append((site, size_before, params_before, net.get_network_size(),
-                        _num_params(net), changes, time.perf_counter() - t0))
+        grown.append(_Grown(site, size_before, params_before, net.get_network_size(),
+                            _num_params(net), changes, time.perf_counter() - t0))
+    return grown
 
-    loss = stats.loss if stats is not None else float("nan")
-    loss_after, scale = float("nan"), None
-    if fan_out_init == "descent":
-        t0 = time.perf_counter()
-        scale, loss_after = descent_fan_out(net, [c for p in pending for c in p[5]], batches,
-                                            loss_fn, loss, reduce_fn)
-        shared += time.perf_counter() - t0
 
-    reports: List[GrowthReport] = []
-    for site, size_before, params_before, size_after, params_after, changes, own in pending:
-        p = proposals[site]
+def _reports(req: _Request, proposals: Dict[Site, Proposal], grown: List[_Grown],
+             site_scores: Dict[Site, SiteScore], loss: float, loss_after: float,
+             scale: Optional[float], shared: float) -> List[GrowthReport]:
+    """One report per grown site; ``shared`` (scoring, descent) seconds split evenly."""
+    reports = []
+    for g in grown:
+        p = proposals[g.site]
         details = dict(p.details)
-        if site in site_scores:
-            sc = site_scores[site]
+        if g.site in site_scores:
+            sc = site_scores[g.site]
             details.update(site_value=sc.value, site_best_score=sc.best_score,
                            params_per_filter=sc.params_per_filter,
                            flops_per_filter=sc.flops_per_filter)
         if scale is not None:
             details["descent_scale"] = scale
         reports.append(GrowthReport(
-            layer_idx=site.layer, conv_idx=site.conv, method=m.name, n_added=counts[site],
-            scores=list(p.scores), selected=list(p.selected),
-            size_before=size_before, size_after=size_after,
-            params_before=params_before, params_after=params_after,
-            seconds=shared / len(site_list) + own, loss=loss,
-            net=site.net, decision=m.describe(list(p.selected), list(p.scores)),
-            loss_after=loss_after, fan_out_init=fan_out_init, details=details, changes=changes,
+            layer_idx=g.site.layer, conv_idx=g.site.conv, method=req.method.name,
+            n_added=req.counts[g.site], scores=list(p.scores), selected=list(p.selected),
+            size_before=g.size_before, size_after=g.size_after,
+            params_before=g.params_before, params_after=g.params_after,
+            seconds=shared / len(req.sites) + g.seconds, loss=loss, net=g.site.net,
+            decision=req.method.describe(list(p.selected), list(p.scores)),
+            loss_after=loss_after, fan_out_init=req.fan_out_init, details=details,
+            changes=g.changes,
         ))
     return reports
 
@@ -341,5 +439,8 @@ def _num_params(net: nn.Module) -> int:
 def _track_input_maps(changes: Sequence[ParamChange], in_maps: Dict[int, torch.Tensor]) -> None:
     """Compose the input-channel index maps of convs that gained input channels."""
     for ch in changes:
-        if ch.name == "weight" and _input_dim(ch.module) == ch.dim:
+        # A conv's input channels are its weight's dim 1, a transposed conv's dim 0.
+        in_dim = 0 if isinstance(ch.module, nn.ConvTranspose2d) else 1
+        if ch.name == "weight" and isinstance(ch.module, (nn.Conv2d, nn.ConvTranspose2d)) \
+                and in_dim == ch.dim:
             in_maps[id(ch.module)] = compose_maps(in_maps.get(id(ch.module)), ch.index_map)

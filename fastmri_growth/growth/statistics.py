@@ -23,8 +23,11 @@ once at the end (``reduce_fn``), so every rank holds the same statistics.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
+from itertools import zip_longest
+from typing import (Any, Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional,
+                    Sequence, Tuple)
 
 import torch
 from torch import nn
@@ -215,6 +218,204 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
+def _unique(items: Iterable[Any]) -> list:
+    """``items`` without repeats (by identity), in first-seen order."""
+    return list({id(x): x for x in items}.values())
+
+
+@contextmanager
+def _capture(modules: Sequence[nn.Module]) -> Iterator[Dict[int, tuple]]:
+    """Forward hooks recording each module's ``(input, output)`` by ``id``, removed after."""
+    seen: Dict[int, tuple] = {}
+
+    def hook(module, inp, out):
+        if id(module) in seen:
+            raise RuntimeError(
+                f"{type(module).__name__} ran twice in one forward pass; growth needs each "
+                "site conv and consumer to run once"
+            )
+        seen[id(module)] = (inp[0].detach(), out)
+
+    handles = [m.register_forward_hook(hook) for m in modules]
+    try:
+        yield seen
+    finally:
+        for h in handles:
+            h.remove()
+
+
+class _Batch(NamedTuple):
+    """One finite batch's tensors, freed with it: by module ``id`` its ``(input,
+    output)`` and a consumer's ``delta`` dL/d(output) `(N, C_out, H', W')`; by
+    weight ``id`` the asked-for ``weight_grads`` (zero where the loss does not reach)."""
+
+    seen: Dict[int, tuple]
+    deltas: Dict[int, torch.Tensor]
+    weight_grads: Dict[int, torch.Tensor]
+
+
+def _plus(total: Optional[torch.Tensor], value: torch.Tensor, dtype: torch.dtype
+          ) -> torch.Tensor:
+    # Out of place: the first batch's tensor may be a method's own.
+    value = value.detach().to(dtype)
+    return value if total is None else total + value
+
+
+@dataclass
+class _SiteSums:
+    """One site's statistics summed over batches, in the accumulation dtype.
+
+    Attributes mirror :class:`SiteStatistics`: ``fan_out`` and ``fan_out_sq``
+    (per consumer `(K, C_out, kh, kw)`), ``weight`` (or None), ``consumer``
+    (per consumer, its weight's shape), ``extra`` (by name); the sizes are
+    the first finite batch's.
+    """
+
+    fan_out: List[torch.Tensor] = field(default_factory=list)
+    fan_out_sq: List[torch.Tensor] = field(default_factory=list)
+    weight: Optional[torch.Tensor] = None
+    consumer: List[torch.Tensor] = field(default_factory=list)
+    extra: Dict[str, torch.Tensor] = field(default_factory=dict)
+    input_hw: Optional[tuple] = None
+    consumer_out_hw: Optional[List[tuple]] = None
+
+    def add(self, spec: SiteSpec, batch: _Batch, run: "_Pass") -> None:
+        """Add one finite batch's statistics of ``spec`` (under ``no_grad``)."""
+        site, dt = spec.site, run.acc_dtype
+        x = batch.seen[id(spec.conv)][0]
+        if self.input_hw is None:
+            self.input_hw = tuple(x.shape[-2:])
+            self.consumer_out_hw = [tuple(batch.seen[id(c.module)][1].shape[-2:])
+                                    for c in spec.consumers]
+        deltas = [batch.deltas[id(c.module)] for c in spec.consumers]
+        sizes = [tuple(batch.seen[id(c.module)][0].shape[-2:]) for c in spec.consumers]
+        if site in run.candidates:
+            grads = fan_out_gradients(spec, x, run.candidates[site], deltas, sizes)
+            self.fan_out = [_plus(t, g, dt) for t, g in zip_longest(self.fan_out, grads)]
+            self.fan_out_sq = [_plus(t, g.to(dt).pow(2), dt)
+                               for t, g in zip_longest(self.fan_out_sq, grads)]
+        if site in run.want_w:
+            self.weight = _plus(self.weight, batch.weight_grads[id(spec.conv.weight)], dt)
+        if site in run.want_c:
+            self.consumer = [_plus(t, batch.weight_grads[id(c.module.weight)], dt)
+                             for t, c in zip_longest(self.consumer, spec.consumers)]
+        if site in run.accumulators:
+            for name, value in run.accumulators[site](spec, x, deltas, sizes).items():
+                self.extra[name] = _plus(self.extra.get(name), value, dt)
+
+    def tensors(self) -> List[torch.Tensor]:
+        """Every sum, in the order :meth:`statistics` takes the means back."""
+        weight = [] if self.weight is None else [self.weight]
+        return [*self.fan_out, *self.fan_out_sq, *weight, *self.consumer, *self.extra.values()]
+
+    def statistics(self, site: Site, means: Iterator[torch.Tensor],
+                   candidates: Optional[torch.Tensor]) -> SiteStatistics:
+        """The site's statistics, its means taken off ``means`` in :meth:`tensors` order."""
+        def take(sums):
+            return [next(means) for _ in sums] or None
+
+        # Keyword arguments are evaluated left to right, in the order of tensors().
+        return SiteStatistics(
+            site, candidates, fan_out_grads=take(self.fan_out),
+            fan_out_grad_sq=take(self.fan_out_sq),
+            weight_grad=None if self.weight is None else next(means),
+            consumer_grads=take(self.consumer), extra=dict(zip(self.extra, take(self.extra) or [])),
+            input_hw=self.input_hw, consumer_out_hw=self.consumer_out_hw)
+
+
+class _Pass:
+    """One statistics pass: what it hooks and differentiates, the sums, the loss tally.
+
+    ``hooked`` holds the site convs and consumers once each (a module can be
+    both), ``params`` their weights, ``weights`` those whose gradient is asked for.
+    """
+
+    def __init__(self, specs: Sequence[SiteSpec], candidates, want_w, want_c, accumulators):
+        self.specs, self.candidates, self.accumulators = specs, candidates, accumulators
+        self.want_w, self.want_c = set(want_w), set(want_c)
+        self.consumers = _unique(c.module for s in specs for c in s.consumers)
+        self.hooked = _unique([s.conv for s in specs] + self.consumers)
+        self.params = _unique(m.weight for m in self.hooked)
+        # Only the weight gradients asked for: a backward to the consumer outputs
+        # alone skips every other weight-gradient computation.
+        self.weights = _unique(m.weight for s in specs
+                               for m in ([s.conv] if s.site in self.want_w else [])
+                               + ([c.module for c in s.consumers] if s.site in self.want_c else []))
+        self.acc_dtype = _acc_dtype(self.params[0].dtype if self.params else torch.float32)
+        self.sums = {s.site: _SiteSums() for s in specs}
+        self.batches, self.loss_sum, self.bad = 0, 0.0, 0.0
+        self.first_bad: Optional[tuple] = None  # (batch index, loss) on this rank
+
+    def forward_backward(self, net: nn.Module, loss_fn: LossFn, batch: Any
+                         ) -> Tuple[float, Optional[_Batch]]:
+        """One batch's loss, and its tensors (None when the loss is not finite).
+
+        Raises:
+            ValueError: the loss is not a scalar tensor.
+            RuntimeError: a hooked module ran twice, or not at all.
+        """
+        with _capture(self.hooked) as seen, torch.enable_grad(), _EvalMode(net, self.params):
+            loss = loss_fn(batch)
+            if not torch.is_tensor(loss) or loss.numel() != 1:
+                raise ValueError(f"the growth loss must be a scalar tensor, got {loss!r:.80}")
+            loss = loss.reshape(())
+            missing = [type(m).__name__ for m in self.hooked if id(m) not in seen]
+            if missing:
+                raise RuntimeError(
+                    f"the growth loss did not run {', '.join(missing)}: the loss must be "
+                    "computed with the network being grown"
+                )
+            if not bool(torch.isfinite(loss.detach())):
+                return float(loss.detach()), None
+            outs = [seen[id(m)][1] for m in self.consumers]
+            grads = torch.autograd.grad(loss, outs + self.weights, allow_unused=True)
+        deltas = {id(m): g if g is not None else torch.zeros_like(o)
+                  for m, o, g in zip(self.consumers, outs, grads[:len(outs)])}
+        return float(loss.detach()), _Batch(seen, deltas, {
+            id(p): g if g is not None else torch.zeros_like(p)
+            for p, g in zip(self.weights, grads[len(outs):])})
+
+    def add(self, loss: float, batch: Optional[_Batch]) -> None:
+        """Count one batch; sum its statistics if its loss is finite."""
+        if batch is None:
+            self.bad += 1.0
+            self.first_bad = self.first_bad or (self.batches, loss)
+        else:
+            self.loss_sum += loss
+            with torch.no_grad():
+                for spec in self.specs:
+                    self.sums[spec.site].add(spec, batch, self)
+        self.batches += 1
+
+    def finish(self, reduce_fn: Optional[ReduceFn]) -> Statistics:
+        """Reduce over ranks, abort on any rank's non-finite loss, average over batches.
+
+        One float64 vector ``[bad-batch count, loss sum, every sum...]`` is
+        reduced: one collective, and every rank sees the same abort.
+        """
+        if self.batches == 0:
+            raise ValueError("growth needs at least one scoring batch; got an empty list")
+        tensors = [t for s in self.sums.values() for t in s.tensors()]
+        flat = torch.cat([torch.tensor([self.bad, self.loss_sum], dtype=torch.float64)]
+                         + [t.flatten().double().cpu() for t in tensors])
+        flat = flat.to(self.params[0].device if self.params else torch.device("cpu"))
+        if reduce_fn is not None:
+            flat = reduce_fn(flat)
+        if float(flat[0]) > 0:
+            bad = self.first_bad
+            where = (f"the loss on scoring batch {bad[0]} is {bad[1]}" if bad is not None
+                     else "the loss on another rank's scoring batch is not finite")
+            raise NonFiniteLossError(
+                f"Growth aborted: {where}: the batch or the weights hold NaN or Inf (the data, "
+                "not growth); the model is unchanged", None if bad is None else bad[0])
+        chunks = flat[2:].split([t.numel() for t in tensors])
+        means = iter([c.view(t.shape).to(self.acc_dtype) / self.batches
+                      for c, t in zip(chunks, tensors)])
+        return Statistics({site: s.statistics(site, means, self.candidates.get(site))
+                           for site, s in self.sums.items()},
+                          float(flat[1]) / self.batches, self.batches)
+
+
 def collect(
     net: nn.Module,
     specs: Sequence[SiteSpec],
@@ -251,152 +452,8 @@ def collect(
         ValueError: no batch was given.
         NonFiniteLossError: a loss was not finite (on any rank: every rank raises).
     """
-    candidates = candidates or {}
-    accumulators = accumulators or {}
-    want_w = set(want_weight_grad)
-    want_c = set(want_consumer_grads)
-    site_convs = {s.site: s.conv for s in specs}
-    consumer_modules: List[nn.Module] = []
-    for s in specs:
-        for c in s.consumers:
-            if all(c.module is not m for m in consumer_modules):
-                consumer_modules.append(c.module)
-    params: List[nn.Parameter] = []
-    for m in list(site_convs.values()) + consumer_modules:
-        if all(m.weight is not p for p in params):
-            params.append(m.weight)
-    dtype = params[0].dtype if params else torch.float32
-    acc_dtype = _acc_dtype(dtype)
-    # Only the weight gradients asked for: a backward to the consumer outputs
-    # alone skips every other weight-gradient computation.
-    weights: List[nn.Parameter] = []
-    for s in specs:
-        wanted = ([s.conv] if s.site in want_w else []) + (
-            [c.module for c in s.consumers] if s.site in want_c else [])
-        for m in wanted:
-            if all(m.weight is not p for p in weights):
-                weights.append(m.weight)
-
-    sums: Dict[tuple, torch.Tensor] = {}
-
-    def add(key, value):
-        value = value.detach().to(acc_dtype)
-        sums[key] = value if key not in sums else sums[key] + value
-
-    n_batches, loss_sum, bad, first_bad = 0, 0.0, 0.0, None
-    sizes_of: Dict[Site, tuple] = {}
+    run = _Pass(specs, candidates or {}, want_weight_grad, want_consumer_grads,
+                accumulators or {})
     for batch in batches:
-        captured: Dict[int, dict] = {}
-
-        def hook(module, inp, out):
-            rec = captured.setdefault(id(module), {})
-            if "out" in rec:
-                raise RuntimeError(
-                    f"{type(module).__name__} ran twice in one forward pass; growth needs each "
-                    "site conv and consumer to run once"
-                )
-            rec["in"], rec["out"], rec["hw"] = inp[0].detach(), out, tuple(inp[0].shape[-2:])
-
-        hooked = {id(m): m for m in list(site_convs.values()) + consumer_modules}
-        handles = [m.register_forward_hook(hook) for m in hooked.values()]
-        try:
-            with torch.enable_grad(), _EvalMode(net, params):
-                loss = loss_fn(batch)
-                if not torch.is_tensor(loss) or loss.numel() != 1:
-                    raise ValueError(f"the growth loss must be a scalar tensor, got {loss!r:.80}")
-                loss = loss.reshape(())
-                finite = bool(torch.isfinite(loss.detach()))
-                missing = [type(m).__name__ for i, m in hooked.items() if i not in captured]
-                if missing:
-                    raise RuntimeError(
-                        f"the growth loss did not run {', '.join(missing)}: the loss must be "
-                        "computed with the network being grown"
-                    )
-                outs = [captured[id(m)]["out"] for m in consumer_modules]
-                if finite:
-                    grads = torch.autograd.grad(loss, outs + weights, allow_unused=True)
-                else:
-                    grads = [None] * (len(outs) + len(weights))
-        finally:
-            for h in handles:
-                h.remove()
-        n_batches += 1
-        if not finite:
-            bad += 1.0
-            first_bad = (n_batches - 1, float(loss.detach())) if first_bad is None else first_bad
-            captured.clear()
-            continue
-        loss_sum += float(loss.detach())
-        delta_of = {id(m): (g if g is not None else torch.zeros_like(o))
-                    for m, o, g in zip(consumer_modules, outs, grads[:len(outs)])}
-        wgrad_of = {id(p): g for p, g in zip(weights, grads[len(outs):])}
-        with torch.no_grad():
-            for spec in specs:
-                site = spec.site
-                x = captured[id(spec.conv)]["in"]
-                if site not in sizes_of:
-                    sizes_of[site] = (tuple(x.shape[-2:]), [
-                        tuple(captured[id(c.module)]["out"].shape[-2:]) for c in spec.consumers])
-                deltas = [delta_of[id(c.module)] for c in spec.consumers]
-                sizes = [captured[id(c.module)]["hw"] for c in spec.consumers]
-                if site in candidates:
-                    for i, g in enumerate(fan_out_gradients(spec, x, candidates[site], deltas, sizes)):
-                        add((site, "fan_out", i), g)
-                        add((site, "fan_out_sq", i), g.to(acc_dtype).pow(2))
-                if site in want_w:
-                    g = wgrad_of[id(spec.conv.weight)]
-                    add((site, "weight"), g if g is not None else torch.zeros_like(spec.conv.weight))
-                if site in want_c:
-                    for i, c in enumerate(spec.consumers):
-                        g = wgrad_of[id(c.module.weight)]
-                        add((site, "consumer", i), g if g is not None else torch.zeros_like(c.module.weight))
-                if site in accumulators:
-                    for name, value in accumulators[site](spec, x, deltas, sizes).items():
-                        add((site, "extra", name), value)
-        captured.clear()
-        del outs, grads, delta_of, wgrad_of, loss
-
-    if n_batches == 0:
-        raise ValueError("growth needs at least one scoring batch; got an empty list")
-    # One reduction for everything: [bad-batch count, loss sum, statistics...].
-    keys = list(sums)
-    flat = torch.cat([torch.tensor([bad, loss_sum], dtype=torch.float64)]
-                     + [sums[k].flatten().double().cpu() for k in keys]) if keys else \
-        torch.tensor([bad, loss_sum], dtype=torch.float64)
-    device = params[0].device if params else torch.device("cpu")
-    flat = flat.to(device)
-    if reduce_fn is not None:
-        flat = reduce_fn(flat)
-    if float(flat[0]) > 0:
-        where = (f"the loss on scoring batch {first_bad[0]} is {first_bad[1]}"
-                 if first_bad is not None else "the loss on another rank's scoring batch is not finite")
-        raise NonFiniteLossError(
-            f"Growth aborted: {where}: the batch or the weights hold NaN or Inf (the data, "
-            "not growth); the model is unchanged",
-            None if first_bad is None else first_bad[0],
-        )
-    mean_loss = float(flat[1]) / n_batches
-    out: Dict[Site, SiteStatistics] = {s.site: SiteStatistics(s.site) for s in specs}
-    offset = 2
-    for k in keys:
-        numel = sums[k].numel()
-        value = flat[offset:offset + numel].view(sums[k].shape).to(acc_dtype) / n_batches
-        offset += numel
-        site, kind = k[0], k[1]
-        st = out[site]
-        if kind == "fan_out":
-            st.fan_out_grads = (st.fan_out_grads or []) + [value]
-        elif kind == "fan_out_sq":
-            st.fan_out_grad_sq = (st.fan_out_grad_sq or []) + [value]
-        elif kind == "weight":
-            st.weight_grad = value
-        elif kind == "consumer":
-            st.consumer_grads = (st.consumer_grads or []) + [value]
-        else:
-            st.extra[k[2]] = value
-    for site, cand in candidates.items():
-        if site in out:
-            out[site].candidates = cand
-    for site, (in_hw, c_hw) in sizes_of.items():
-        out[site].input_hw, out[site].consumer_out_hw = in_hw, c_hw
-    return Statistics(out, mean_loss, n_batches)
+        run.add(*run.forward_backward(net, loss_fn, batch))  # the batch's tensors die here
+    return run.finish(reduce_fn)
