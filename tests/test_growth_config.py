@@ -35,6 +35,8 @@ def test_every_default_is_the_same_in_the_callback_both_modules_and_the_cli():
     for module in (unet, varnet):
         assert {name: module.hparams[name] for name in table} == table
         assert module.growth_config.options() == table
+    net = DynamicUnet(1, 1, chans=2, num_pool_layers=2)  # the seed's API keeps two of them
+    assert (net.growth_method, net.n_candidates) == (table["growth_method"], table["n_candidates"])
     for model_type in ("dynamic_unet", "dynamic_varnet"):
         args = train_parser.parse_args(["--model-type", model_type])
         assert {name: getattr(args, name) for name in table} == table, model_type

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..growth.config import GrowthConfig
 from ..growth.engine import grow
 from ..growth.pruning import prune
 from ..growth.scoring import DEFAULT_SITE_CRITERION, brute_force_scores_at, score_candidates_at
@@ -56,7 +57,7 @@ class DynamicUnet(nn.Module):
         chans: int = 32,
         num_pool_layers: int = 4,
         drop_prob: float = 0.0,
-        growth_method: str = "sample_select",
+        growth_method: str = GrowthConfig.growth_method,
         n_candidates: int = option_default("n_candidates"),
         widths: Optional[Mapping[str, Mapping[str, int]]] = None,
         transpose_widths: Optional[Sequence[int]] = None,
