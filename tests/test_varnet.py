@@ -370,11 +370,13 @@ def test_bad_state_dicts_raise_value_error_naming_the_key(case, prefix):
 
 
 def test_resize_refuses_another_architecture_and_changes_nothing():
+    # Another number of cascades is followed (depth growth, tests/test_depth.py);
+    # other pools are another architecture.
     net = tiny()
     before = net.get_network_size()
-    other = tiny(num_cascades=3).state_dict()
-    with pytest.raises(ValueError, match=r"num_cascades=3, sens_pools=1, pools=2, but this one "
-                                         r"has num_cascades=2"):
+    other = tiny(num_cascades=3, pools=1).state_dict()
+    with pytest.raises(ValueError, match=r"sens_pools=1, pools=1, but this one has "
+                                         r"sens_pools=1, pools=2"):
         net.resize_from_state_dict(other)
     assert net.get_network_size() == before
 

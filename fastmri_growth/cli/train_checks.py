@@ -101,8 +101,13 @@ def check_growth_flags(args: argparse.Namespace) -> None:
     if args.model_type not in GROWING_MODEL_TYPES or args.mode != "train":
         return
     from fastmri_growth.growth.config import inapplicable
+    from fastmri_growth.pl_modules.model_types import get_model_type
 
-    problem = inapplicable(vars(args), getattr(args, "given_flags", set()))
+    # What the backbone has (cascades) decides whether depth-growth flags apply.
+    capabilities = getattr(get_model_type(args.model_type).module_class(),
+                           "growth_capabilities", ())
+    problem = inapplicable(vars(args), getattr(args, "given_flags", set()), capabilities,
+                           f"--model-type {args.model_type}")
     if problem:
         raise UsageError(problem)
 
@@ -124,6 +129,10 @@ def never_grows_reason(args: argparse.Namespace, module: Any) -> Optional[str]:
     first = getattr(args, "resume_epoch", 0) or 0
     max_epochs = args.max_epochs if args.max_epochs is not None and args.max_epochs >= 0 \
         else None
+    depth = getattr(callback, "depth", None)
+    if depth is not None and (max_epochs is None or depth.planned_epochs(
+            module.growable_net().num_cascades, first, max_epochs)):
+        return None  # cascades will be inserted
     done = getattr(args, "resumed_events", 0) or 0
     if schedule.max_events is not None and done >= schedule.max_events:
         return (f"--max-growth-steps is {schedule.max_events}"

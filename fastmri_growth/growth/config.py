@@ -13,8 +13,8 @@ registry. Everything else is derived from these declarations:
   by name (the growing modules' and :class:`GrowthCallback`'s keywords);
 * :func:`defaults`, :func:`option_names` - the flat table of every option;
 * :func:`add_arguments` - the argparse flags and their ``--help``;
-* :func:`inapplicable` - options given for a schedule, prune schedule or
-  method that would ignore them (the command line refuses them);
+* :func:`inapplicable` - options given for a schedule, prune schedule,
+  method or backbone that would ignore them (the command line refuses them);
 * :meth:`GrowthConfig.schedule`, :meth:`GrowthConfig.prune_schedule` - the
   engine's schedules for a network's sites.
 
@@ -29,6 +29,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 
 from .checks import (Check, any_int, anything, float_at_least, fraction, int_at_least, one_of, require,
                      text_or_list)
+from .depth import CASCADE_INITS, DepthSchedule
 from .engine import FAN_OUT_INITS
 from .methods import METHODS, GrowthMethod, all_options, check_method_name, get_method
 from .optim import SEEDINGS
@@ -59,6 +60,8 @@ class Opt:
         parse: Turns the flag's text into the value.
         check: ``check(name, value) -> problem or None``.
         applies: The (prune) schedules it applies to; None: every one.
+        needs: What the backbone must have for the option to mean anything
+            (``"cascades"``: depth growth); None: any backbone.
         choices: The valid values (looked up when the parser is built).
         nargs: argparse ``nargs``.
         switch: An on/off flag (argparse ``store_true``).
@@ -71,6 +74,7 @@ class Opt:
     choices: Optional[Callable[[], Sequence[Any]]] = None
     nargs: Optional[str] = None
     switch: bool = False
+    needs: Optional[str] = None
 
 
 def option(default: Any, help: str, **kw: Any) -> Any:
@@ -220,7 +224,8 @@ class GrowthConfig:
         "(the LR schedule then restarts from its first epoch)", switch=True)
     growth_start_epoch: int = option(1, "First epoch at which growth may happen", parse=int,
                                      check=EPOCH, applies=("interval", "plateau", "budget"))
-    growth_seed: int = option(0, "Seed of candidate generation", parse=int, check=any_int)
+    growth_seed: int = option(0, "Seed of candidate generation (and of fresh cascades)",
+                              parse=int, check=any_int)
     plateau_min_delta: float = option(
         0.0, "plateau schedule: an improvement of validation_loss smaller than this does not "
         "count", parse=float, check=float_at_least(0), applies=("plateau",))
@@ -250,6 +255,28 @@ class GrowthConfig:
         parse=optional_int)
     target_params: Optional[int] = option(
         None, "budget schedule: grow to this many parameters", parse=optional_int)
+    # Depth growth (backbones with cascades): independent of the width
+    # schedule above, which keeps growing every cascade's U-Net, new ones too.
+    target_cascades: Optional[int] = option(
+        None, "Depth growth: insert cascades, one per event, until the network has N (a VarNet; "
+        "each new cascade fades in, so the output is unchanged at insertion); default: none",
+        parse=optional_int, check=OPTIONAL_POSITIVE, needs="cascades")
+    cascade_interval: int = option(
+        1, "Depth growth: insert a cascade every E epochs from --cascade-start-epoch",
+        parse=int, check=POSITIVE, needs="cascades")
+    cascade_start_epoch: int = option(
+        1, "Depth growth: the first epoch that inserts a cascade (at its first batch)",
+        parse=int, check=EPOCH, needs="cascades")
+    # 100: unmeasured; a tenth of the first epochs of a small run, and of
+    # the order of Adam's second-moment time constant.
+    cascade_fade_steps: int = option(
+        100, "Depth growth: a new cascade's update is scaled by a gate that rises from 0 to 1 "
+        "over R optimizer steps (0: at once, which changes the output)", parse=int,
+        check=int_at_least(0), needs="cascades")
+    cascade_init: str = option(
+        "copy", "Depth growth: a new cascade's U-Net starts as a copy of its neighbour's (the "
+        "last cascade) or fresh (fastMRI's default initialisation, at its neighbour's widths)",
+        choices=lambda: list(CASCADE_INITS), needs="cascades")
     #: The chosen method's options and those of every other registered method.
     method_options: Mapping[str, Any] = field(default_factory=dict)
     prune: PruneConfig = field(default_factory=PruneConfig)
@@ -363,6 +390,28 @@ class GrowthConfig:
     def prune_schedule(self, all_sites: Sequence[Site]) -> Optional[PruneSchedule]:
         return self.prune.schedule(all_sites)
 
+    def depth_schedule(self) -> Optional[DepthSchedule]:
+        """The cascade insertion schedule (None: no depth growth)."""
+        if self.target_cascades is None:
+            return None
+        return DepthSchedule(target=self.target_cascades, interval=self.cascade_interval,
+                             start_epoch=self.cascade_start_epoch,
+                             fade_steps=self.cascade_fade_steps, init=self.cascade_init)
+
+    def check_backbone(self, capabilities: Iterable[str], what: str) -> None:
+        """Refuse options that the backbone cannot honour (depth growth without cascades).
+
+        Args:
+            capabilities: What the backbone has (``"cascades"``).
+            what: The backbone's name, for the message.
+
+        Raises:
+            ValueError: naming the option, its value and what it needs.
+        """
+        problem = backbone_problem(self.options(), capabilities, what)
+        if problem:
+            raise ValueError(problem)
+
 
 def _names(cls) -> List[str]:
     return [f.name for f in dataclasses.fields(cls) if "opt" in f.metadata]
@@ -437,18 +486,62 @@ def add_arguments(parser: argparse.ArgumentParser,
     return parser
 
 
-def inapplicable(values: Mapping[str, Any], given: Iterable[str]) -> Optional[str]:
-    """Why some options given would be ignored by the chosen schedule, prune schedule or method.
+#: What each ``needs`` of an option means: (for the command line, for code).
+NEEDS = {"cascades": ("--model-type dynamic_varnet", "a network with cascades (DynamicVarNet)")}
+
+
+def backbone_problem(values: Mapping[str, Any], capabilities: Iterable[str], what: str,
+                     given: Optional[Iterable[str]] = None) -> Optional[str]:
+    """Why some options cannot apply to a backbone lacking what they need, or None.
+
+    Args:
+        values: Every option's value.
+        capabilities: What the backbone has (``"cascades"``).
+        what: The backbone's name, for the message.
+        given: The flags given on a command line (the message names flags);
+            None: every option whose value is not its default counts (the
+            message names options, as code gives them).
+    """
+    capabilities = set(capabilities)
+    for name, (default, opt) in declared().items():
+        if opt.needs is None or opt.needs in capabilities:
+            continue
+        value = values.get(name, default)
+        for_cli, for_code = NEEDS.get(opt.needs, (opt.needs, opt.needs))
+        if given is not None and name in set(given):
+            flag = spellings(name)[0]
+            return (f"{flag} {value} applies to backbones with {opt.needs} ({for_cli}); "
+                    f"{what} has none: drop {flag}")
+        if given is None and value != default:
+            return f"{name}={value!r} needs {for_code}; {what} has no {opt.needs}"
+    return None
+
+
+def inapplicable(values: Mapping[str, Any], given: Iterable[str],
+                 capabilities: Optional[Iterable[str]] = None, what: str = "this model") \
+        -> Optional[str]:
+    """Why some options given would be ignored by the chosen schedule, prune schedule, method or backbone.
 
     Args:
         values: Every option's value (the parsed flags).
         given: The options given explicitly (on the command line).
+        capabilities: What the backbone has (``"cascades"``); None: not checked.
+        what: The backbone's name, for the message.
 
     Returns:
         A message naming the flag, what it applies to and the fix, or None.
     """
     given = set(given)
     spell = spellings
+    if capabilities is not None:
+        problem = backbone_problem(values, capabilities, what, given)
+        if problem:
+            return problem
+    if values.get("target_cascades") is None:
+        for name, (_, opt) in declared().items():
+            if opt.needs == "cascades" and name != "target_cascades" and name in given:
+                return (f"{spell(name)[0]} is an option of depth growth, which needs "
+                        "--target-cascades N; pass one or drop the flag")
     kind = values.get("growth_schedule", "interval")
     for name in _names(GrowthConfig):
         applies = declared()[name][1].applies

@@ -24,7 +24,7 @@ estimates it directly. Both are floored at the tensor's mean.
 """
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Optional
 
 import torch
 
@@ -109,3 +109,56 @@ def grow_optimizer_state(optimizer: torch.optim.Optimizer, changes: Iterable[Par
         How many parameters were swapped.
     """
     return remap_optimizer_state(optimizer, changes, seeding="mean")
+
+
+def add_params_to_optimizer(optimizer: torch.optim.Optimizer,
+                            params: Iterable[torch.nn.Parameter], group: int = 0,
+                            before: Optional[torch.nn.Parameter] = None) -> int:
+    """Add new parameters to an existing optimizer's param group, keeping all its state.
+
+    For inserted layers (a VarNet cascade): the existing parameters keep
+    their state and ``step``; the new ones get none, so the optimizer
+    initialises theirs at their first step as for any parameter (Adam's bias
+    correction then counts their own steps). The group's hyperparameters
+    (lr, betas, weight decay) apply to them, and LR schedulers, which hold
+    the optimizer, carry on.
+
+    Optimizer state is saved and restored by position in the groups, and a
+    resumed run builds its optimizer from ``module.parameters()``: pass
+    ``before`` (the first existing parameter that follows the new ones in
+    module order) so that the positions match that order.
+
+    Args:
+        optimizer: Any ``torch.optim`` optimizer.
+        params: The new parameters.
+        group: Index of the param group that takes them.
+        before: Insert them right before this parameter of the group
+            (None: at the end of the group).
+
+    Returns:
+        How many parameters were added.
+
+    Raises:
+        ValueError: a bad group index, a parameter the optimizer already
+            holds, or a ``before`` that is not in the group; nothing changed.
+    """
+    params = list(params)
+    groups = optimizer.param_groups
+    if not isinstance(group, int) or isinstance(group, bool) or not 0 <= group < len(groups):
+        raise ValueError(f"group must be a param group index in [0, {len(groups) - 1}], "
+                         f"got {group!r}")
+    held = {id(p) for g in groups for p in g["params"]}
+    for i, p in enumerate(params):
+        if not isinstance(p, torch.nn.Parameter):
+            raise ValueError(f"params[{i}] is a {type(p).__name__}, not an nn.Parameter")
+        if id(p) in held:
+            raise ValueError(f"params[{i}] (shape {tuple(p.shape)}) is already in the optimizer")
+    target = groups[group]["params"]
+    if before is None:
+        at = len(target)
+    else:
+        at = next((i for i, p in enumerate(target) if p is before), None)
+        if at is None:
+            raise ValueError(f"before (shape {tuple(before.shape)}) is not in param group {group}")
+    target[at:at] = params
+    return len(params)

@@ -1,12 +1,14 @@
 """DynamicVarNet: fastMRI's end-to-end VarNet whose U-Nets grow during training."""
 
+import copy
 import dataclasses
 import re
-from typing import Any, Dict, List, Mapping, Union
+from typing import Any, Dict, List, Mapping, Optional, Union
 
 import torch
 from torch import nn
 
+from ..growth.depth import CASCADE_INITS, CascadeReport, check_alpha
 from ..growth.net import SiteSpec
 from ..growth.sites import Site, as_site
 from .dynamic_unet import DynamicUnet
@@ -143,12 +145,15 @@ class DynamicVarNet(nn.Module):
         return model
 
     def resize_from_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> None:
-        """Rebuild every U-Net in place at the widths of a state dict's shapes.
+        """Rebuild in place at a state dict's cascades, widths and fading gates.
 
         For checkpoints: Lightning loads a grown module's weights into the
-        module it built, so the U-Nets must first take the saved widths. The
-        weights are not loaded; dtype and device are kept. Everything is
-        checked before any U-Net changes.
+        module it built, so the network must first take the saved number of
+        cascades (cascades are added at the end or removed from it), every
+        U-Net's widths, and a ``gate`` buffer on each cascade whose state dict
+        has one (a cascade that was fading in). The weights are not loaded;
+        dtype and device are kept. Everything is checked before anything
+        changes.
 
         Args:
             state_dict: A DynamicVarNet / fastMRI VarNet state dict
@@ -156,19 +161,160 @@ class DynamicVarNet(nn.Module):
 
         Raises:
             ValueError: the tensors match no valid DynamicVarNet, or another
-                architecture (cascades, pools) than this one; nothing changed.
+                architecture (pools) than this one; nothing changed.
         """
         arch = varnet_architecture_from_state_dict(state_dict)
-        mine = (self.num_cascades, self.sens_pools, self.pools)
-        theirs = (arch["num_cascades"], arch["sens_pools"], arch["pools"])
+        mine = (self.sens_pools, self.pools)
+        theirs = (arch["sens_pools"], arch["pools"])
         if mine != theirs:
             raise ValueError(
-                f"the state dict holds a VarNet with num_cascades={theirs[0]}, "
-                f"sens_pools={theirs[1]}, pools={theirs[2]}, but this one has "
-                f"num_cascades={mine[0]}, sens_pools={mine[1]}, pools={mine[2]}"
+                f"the state dict holds a VarNet with sens_pools={theirs[0]}, pools={theirs[1]}, "
+                f"but this one has sens_pools={mine[0]}, pools={mine[1]}"
             )
+        ref = self.cascades[0].dc_weight
+        while self.num_cascades > arch["num_cascades"]:
+            del self.cascades[self.num_cascades - 1]
+        while self.num_cascades < arch["num_cascades"]:
+            self.cascades.append(
+                VarNetBlock(NormUnet(arch["chans"], arch["pools"])).to(ref.device, ref.dtype))
         for name, sub in arch["unet_state_dicts"].items():
             self.unet(name).resize_from_state_dict(sub)
+        for k, block in enumerate(self.cascades):
+            if k in arch["gates"]:
+                if block.gate is None:
+                    block.gate = ref.new_zeros(1)
+            else:
+                block.gate = None
+
+    # ------------------------------------------------------------------ depth
+    def add_cascades(self, n: int = 1, position: Union[str, int] = "end", init: str = "copy",
+                     seed: Optional[int] = None) -> CascadeReport:
+        """Insert ``n`` cascades that fade in, leaving the output unchanged.
+
+        Each new cascade starts with its gate at 0 (see
+        :class:`~.varnet_blocks.VarNetBlock`): it returns its input, so the
+        network's output is exactly what it was. Raise the gates with
+        :meth:`set_cascade_gates`; at 1 they are dropped and the network is a
+        plain VarNet of ``num_cascades + n`` cascades (its state dict loads
+        strictly into ``fastmri.models.VarNet``).
+
+        Args:
+            n: Cascades to insert.
+            position: ``"end"`` (after the last cascade), ``"start"`` (before
+                the first) or an index in ``[0, num_cascades]``; the new
+                cascades take indices ``position .. position + n - 1`` and
+                the later ones move up by ``n``.
+            init: ``"copy"``: each new cascade's U-Net and data-consistency
+                weight are copies of its neighbour's (the cascade before the
+                position; the first one for ``position`` 0); ``"fresh"``:
+                fastMRI's default initialisation (PyTorch's default conv
+                init, ``dc_weight`` 1) at the neighbour's widths.
+            seed: Seeds the fresh initialisation without touching the global
+                random state (None: draw from it, as building a VarNet does).
+
+        Returns:
+            A :class:`~fastmri_growth.growth.depth.CascadeReport` with the new
+            parameters (to add to an optimizer).
+
+        Raises:
+            ValueError: a bad ``n``, ``position`` or ``init``, naming it and
+                the valid ones; nothing changed.
+        """
+        _check_int("n", n, 1)
+        k = self.num_cascades
+        if position == "end":
+            at = k
+        elif position == "start":
+            at = 0
+        elif isinstance(position, int) and not isinstance(position, bool) and 0 <= position <= k:
+            at = position
+        else:
+            raise ValueError(f"position must be 'end', 'start' or an int in [0, {k}], "
+                             f"got {position!r}")
+        if init not in CASCADE_INITS:
+            raise ValueError(f"Unknown cascade init {init!r}; valid: {', '.join(CASCADE_INITS)}")
+        if seed is not None:
+            _check_int("seed", seed, 0)
+        neighbour_index = max(at - 1, 0)
+        neighbour = self.cascades[neighbour_index]
+        ref = neighbour.dc_weight
+        before = self.num_parameters()
+        blocks = []
+        for _ in range(n):
+            if init == "copy":
+                block = copy.deepcopy(neighbour)
+            else:
+                block = self._fresh_block(neighbour, seed)
+                seed = None if seed is None else seed + 1
+            block = block.to(ref.device, ref.dtype)
+            block.gate = ref.new_zeros(1).detach()
+            blocks.append(block)
+        for i, block in enumerate(blocks):
+            self.cascades.insert(at + i, block)
+        self.sync_attributes()
+        return CascadeReport(
+            position=at, n=n, init=init, neighbour=neighbour_index, cascades_before=k,
+            cascades_after=self.num_cascades, params_before=before,
+            params_after=self.num_parameters(),
+            new_parameters=[p for b in blocks for p in b.parameters()])
+
+    def _fresh_block(self, neighbour: VarNetBlock, seed: Optional[int]) -> VarNetBlock:
+        """A cascade with fastMRI's default initialisation at ``neighbour``'s widths."""
+        unet = neighbour.model.unet
+        with torch.random.fork_rng(devices=[]):
+            if seed is not None:
+                torch.manual_seed(seed)
+            block = VarNetBlock(NormUnet(unet.chans, unet.num_pool_layers))
+            widths = unet.get_network_size()
+            if widths != block.model.unet.get_network_size() or \
+                    unet.transpose_widths() != block.model.unet.transpose_widths():
+                # A grown neighbour: take its widths, then initialise every
+                # layer as its constructor would (resizing does not).
+                block.model.unet.resize_from_state_dict(unet.state_dict())
+                for m in block.modules():
+                    if m is not block and hasattr(m, "reset_parameters"):
+                        m.reset_parameters()
+        return block
+
+    def cascade_gates(self) -> Dict[int, float]:
+        """``{cascade index: gate}`` of the cascades fading in (empty: a plain VarNet)."""
+        return {k: float(b.gate) for k, b in enumerate(self.cascades) if b.gate is not None}
+
+    def set_cascade_gates(self, alpha: Union[float, Mapping[int, float]]) -> Dict[int, float]:
+        """Set the fade-in gates; a gate set to 1 is dropped.
+
+        Args:
+            alpha: One value in [0, 1] for every fading cascade, or
+                ``{cascade index: value}`` for some of them (a cascade
+                without a gate given a value below 1 gets one: a resumed
+                fade).
+
+        Returns:
+            The gates still set (:meth:`cascade_gates`).
+
+        Raises:
+            ValueError: a value outside [0, 1] or an unknown cascade index,
+                naming it; nothing changed.
+        """
+        if isinstance(alpha, Mapping):
+            values = {}
+            for k, a in alpha.items():
+                if not isinstance(k, int) or isinstance(k, bool) or not 0 <= k < self.num_cascades:
+                    raise ValueError(f"cascade index must be an int in [0, "
+                                     f"{self.num_cascades - 1}], got {k!r}")
+                values[k] = check_alpha(a)
+        else:
+            a = check_alpha(alpha)
+            values = {k: a for k in self.cascade_gates()}
+        for k, a in values.items():
+            block = self.cascades[k]
+            if a >= 1.0:
+                block.gate = None
+            elif block.gate is None:
+                block.gate = block.dc_weight.new_full((1,), a).detach()
+            else:
+                block.gate.fill_(a)
+        return self.cascade_gates()
 
     # ----------------------------------------------------------------- access
     @property
@@ -356,7 +502,8 @@ def varnet_architecture_from_state_dict(state_dict: Mapping[str, torch.Tensor]) 
         ``{"num_cascades", "sens_chans", "sens_pools", "chans", "pools",
         "unets": {net: U-Net architecture}, "unet_state_dicts": {net: its
         keys under a "unet." prefix}}`` (``chans`` and ``pools`` of cascade 0;
-        ``pools`` 0 without cascades).
+        ``pools`` 0 without cascades), and ``"gates"``: ``{cascade index:
+        gate}`` of the cascades fading in.
 
     Raises:
         ValueError: the tensors are not those of a valid VarNet, naming the
@@ -369,6 +516,7 @@ def varnet_architecture_from_state_dict(state_dict: Mapping[str, torch.Tensor]) 
     sens: Dict[str, torch.Tensor] = {}
     cascades: Dict[int, Dict[str, torch.Tensor]] = {}
     dc: Dict[int, torch.Tensor] = {}
+    gates: Dict[int, torch.Tensor] = {}
     unexpected: List[str] = []
     for key, value in sd.items():
         key = str(key)
@@ -378,6 +526,8 @@ def varnet_architecture_from_state_dict(state_dict: Mapping[str, torch.Tensor]) 
         m = _CASCADE_KEY.match(key)
         if m and m.group(2) == "dc_weight":
             dc[int(m.group(1))] = value
+        elif m and m.group(2) == "gate":
+            gates[int(m.group(1))] = value
         elif m and m.group(2).startswith("model.unet."):
             cascades.setdefault(int(m.group(1)), {})[m.group(2)[len("model."):]] = value
         else:
@@ -386,14 +536,15 @@ def varnet_architecture_from_state_dict(state_dict: Mapping[str, torch.Tensor]) 
         raise ValueError(
             f"state dict matches no valid DynamicVarNet: unexpected key "
             f"{outer + unexpected[0]!r}; a VarNet's keys are {outer}{SENS_PREFIX}unet.*, "
-            f"{outer}cascades.K.model.unet.* and {outer}cascades.K.dc_weight"
+            f"{outer}cascades.K.model.unet.*, {outer}cascades.K.dc_weight and (while "
+            f"a cascade fades in) {outer}cascades.K.gate"
         )
     if not sens:
         raise ValueError(
             f"state dict matches no valid DynamicVarNet: no '{outer}{SENS_PREFIX}unet.*' keys "
             "(the sensitivity model's U-Net)"
         )
-    indices = sorted(set(cascades) | set(dc))
+    indices = sorted(set(cascades) | set(dc) | set(gates))
     n = len(indices)
     if not n:
         raise ValueError(
@@ -415,6 +566,10 @@ def varnet_architecture_from_state_dict(state_dict: Mapping[str, torch.Tensor]) 
             raise ValueError(
                 f"state dict matches no valid DynamicVarNet: '{outer}cascades.{k}.dc_weight' "
                 f"has shape {tuple(dc[k].shape)}, expected (1,)")
+        if k in gates and tuple(gates[k].shape) != (1,):
+            raise ValueError(
+                f"state dict matches no valid DynamicVarNet: '{outer}cascades.{k}.gate' "
+                f"has shape {tuple(gates[k].shape)}, expected (1,)")
         if k not in cascades:
             raise ValueError(
                 f"state dict matches no valid DynamicVarNet: no "
@@ -451,5 +606,6 @@ def varnet_architecture_from_state_dict(state_dict: Mapping[str, torch.Tensor]) 
         "pools": pools,
         "unets": unets,
         "unet_state_dicts": {net: sub for net, (sub, _) in subs.items()},
+        "gates": {k: float(v.reshape(-1)[0]) for k, v in gates.items()},
     }
 

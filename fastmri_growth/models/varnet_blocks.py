@@ -309,7 +309,15 @@ class SensitivityModel(nn.Module):
 
 
 class VarNetBlock(nn.Module):
-    """fastMRI's ``VarNetBlock``: soft data consistency plus a learned regulariser."""
+    """fastMRI's ``VarNetBlock``: soft data consistency plus a learned regulariser.
+
+    A block inserted during training fades in: while its ``gate`` buffer
+    (shape `(1,)`, alpha in [0, 1)) is set, the block returns
+    ``k + alpha * (block(k) - k)``, so at alpha 0 it is the identity (the
+    NormUnet adds back the image mean, so zero weights alone would not be
+    one). Without a gate (``gate is None``, the default) the block is
+    fastMRI's, op for op, and its state dict has fastMRI's keys.
+    """
 
     def __init__(self, model: nn.Module):
         """
@@ -319,6 +327,9 @@ class VarNetBlock(nn.Module):
         super().__init__()
         self.model = model
         self.dc_weight = nn.Parameter(torch.ones(1))
+        # A None buffer is not in the state dict; assigning a tensor makes it
+        # a persistent entry (cascades.K.gate) for as long as the fade lasts.
+        self.register_buffer("gate", None)
 
     def sens_expand(self, x: torch.Tensor, sens_maps: torch.Tensor) -> torch.Tensor:
         return fft2c(complex_mul(x, sens_maps))
@@ -343,4 +354,7 @@ class VarNetBlock(nn.Module):
         model_term = self.sens_expand(
             self.model(self.sens_reduce(current_kspace, sens_maps)), sens_maps
         )
-        return current_kspace - soft_dc - model_term
+        out = current_kspace - soft_dc - model_term
+        if self.gate is not None:
+            out = current_kspace + self.gate * (out - current_kspace)
+        return out

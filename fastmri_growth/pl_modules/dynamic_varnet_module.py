@@ -13,6 +13,13 @@ model); a ``LAYER`` alone means that layer in every U-Net. Scores come from
 one forward+backward of the whole VarNet on the training batch. Checkpoints
 store the widths, so resuming and ``load_from_checkpoint`` rebuild the grown
 network; DDP works as for the U-Net module.
+
+Depth growth (``target_cascades``, ``cascade_interval``,
+``cascade_start_epoch``, ``cascade_fade_steps``, ``cascade_init``) inserts
+cascades at the end of the chain, each fading in from an identity; the
+width options keep applying to every cascade, inserted ones included.
+Checkpoints record the number of cascades and the gates of those still
+fading in, so a run resumes, mid-fade too, with its depth.
 """
 
 import torch
@@ -37,6 +44,7 @@ class DynamicVarNetModule(GrowthMixin, VarNetModule):
 
     growable_attr = "varnet"
     checkpoint_key = CHECKPOINT_KEY
+    growth_capabilities = ("cascades",)
     growth_help = {"layers_to_grow": (
         "Sites to grow: NET/LAYER (both convs) or NET/LAYER:CONV (0 or 1), NET being sens (the "
         "sensitivity U-Net), cascade_K or cascade_* (every cascade); a bare LAYER means that "
@@ -112,6 +120,27 @@ class DynamicVarNetModule(GrowthMixin, VarNetModule):
         return self.loss(output.unsqueeze(1), target.unsqueeze(1), data_range=batch.max_value)
 
     def checkpoint_widths(self) -> dict:
-        """The widths stored in checkpoints: per U-Net, its block and transposed-conv widths."""
+        """What checkpoints record of the network's shape.
+
+        Per U-Net its block and transposed-conv widths, the number of
+        cascades, and the gates of the cascades fading in (``{index: gate}``).
+        """
         return {"widths": self.varnet.get_network_size(),
-                "transpose_widths": self.varnet.transpose_widths()}
+                "transpose_widths": self.varnet.transpose_widths(),
+                "num_cascades": self.varnet.num_cascades,
+                "cascade_gates": self.varnet.cascade_gates()}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Rebuilds the network at the checkpoint's cascades and widths (see the mixin).
+
+        Raises:
+            ValueError: the tensors disagree with the recorded number of cascades.
+        """
+        super().on_load_checkpoint(checkpoint)
+        info = checkpoint.get(self.checkpoint_key) or {}
+        recorded = info.get("num_cascades")
+        if recorded is not None and int(recorded) != self.varnet.num_cascades:
+            raise ValueError(
+                f"Cannot load checkpoint into {type(self).__name__}: it records "
+                f"num_cascades={recorded} but its tensors hold {self.varnet.num_cascades} "
+                "cascades")

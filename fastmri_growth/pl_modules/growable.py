@@ -47,6 +47,8 @@ class GrowthMixin:
     growth_callback: GrowthCallback
     #: Flag help that differs for this backbone (its site names).
     growth_help: Dict[str, str] = {}
+    #: What the network has that some options need (``"cascades"``: depth growth).
+    growth_capabilities: Tuple[str, ...] = ()
 
     @staticmethod
     def split_growth_options(kwargs: Mapping[str, Any]) -> Tuple[GrowthConfig, Dict[str, Any]]:
@@ -75,6 +77,7 @@ class GrowthMixin:
         """
         # save_hyperparameters() records the keywords given; every option is
         # recorded (under its flag name) so a checkpoint says how it grew.
+        config.check_backbone(self.growth_capabilities, type(self).__name__)
         self.hparams.update(config.options())
         self.growth_callback = self.growth_callback_class(config)
         net = self.growable_net()

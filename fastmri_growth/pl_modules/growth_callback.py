@@ -29,8 +29,17 @@ brings the training state up to date: the optimizer (state carried over, or
 recreated with ``reset_optimizer``), the DDP wrapper (rebuilt; every rank
 grows identically), torch.compile's caches, logs and one line per site.
 
-The schedule, prune events, last validation and update ramp are the
-callback's own ``state_dict``. The callback also makes the network resize
+Depth growth (``target_cascades``, for a backbone with cascades such as
+``DynamicVarNet``) inserts one cascade at the first batch of each due epoch
+(after that epoch's width growth) by
+:class:`~fastmri_growth.growth.depth.DepthSchedule`: the new cascade fades in
+through a gate that the callback sets before every training batch from the
+global step, its parameters join the optimizer as new entries, the DDP
+wrapper is rebuilt, and the width schedule's sites take in the new
+cascade's U-Net.
+
+The schedule, prune events, depth events, last validation and update ramp
+are the callback's own ``state_dict``. The callback also makes the network resize
 itself to a checkpoint's widths when its weights are loaded
 (:func:`~fastmri_growth.growth.net.resize_on_load`, installed in ``setup``),
 so ``trainer.fit(module, ckpt_path=...)`` resumes a grown network whatever
@@ -48,7 +57,8 @@ import torch
 from fastmri_growth.growth.config import GrowthConfig
 from fastmri_growth.growth.engine import grow
 from fastmri_growth.growth.net import GrowableNet, resize_on_load
-from fastmri_growth.growth.optim import remap_optimizer_state
+from fastmri_growth.growth.depth import CascadeReport, extend_budget
+from fastmri_growth.growth.optim import add_params_to_optimizer, remap_optimizer_state
 from fastmri_growth.growth.pruning import (PruneReport, exchange_removals, fixed_removals, prune,
                                            score_filters)
 from fastmri_growth.growth.ramp import UpdateRamp
@@ -121,6 +131,9 @@ class GrowthCallback(pl.Callback):
         self.method = self.config.method()
         self.auto_sites = self.config.effective_auto_sites
         self.ramp = UpdateRamp(self.config.new_filter_ramp_steps, self.config.new_filter_lr_scale)
+        #: When cascades are inserted and how their gates fade (None: no depth growth).
+        self.depth = self.config.depth_schedule()
+        self.cascade_reports: List[CascadeReport] = []  # this process's, for inspection
         self.schedule = None  # the network's sites are known at prepare()
         self.prune = None
         self.reports: List[GrowthReport] = []  # this process's, for inspection
@@ -147,8 +160,15 @@ class GrowthCallback(pl.Callback):
         fails before anything trains.
 
         Raises:
-            ValueError: a site the network lacks, or a budget target below it.
+            ValueError: a site the network lacks, a budget target below it,
+                depth growth for a network without cascades, or a target
+                number of cascades below the network's.
         """
+        if self.depth is not None:
+            capabilities = ("cascades",) if callable(getattr(net, "add_cascades", None)) else ()
+            self.config.check_backbone(capabilities, type(net).__name__)
+            if not self.depth.events:
+                self.depth.check_start(net.num_cascades)
         if self.schedule is None:
             sites = list(net.growth_sites())
             self.schedule = self.config.schedule(sites)
@@ -180,7 +200,8 @@ class GrowthCallback(pl.Callback):
         return {"schedule": copy.deepcopy(self.schedule.state),
                 "last_validation": None if self._last_validation is None
                 else list(self._last_validation),
-                "pruned_epochs": list(self.pruned_epochs), "ramp": self.ramp.state_dict()}
+                "pruned_epochs": list(self.pruned_epochs), "ramp": self.ramp.state_dict(),
+                "depth": None if self.depth is None else self.depth.state_dict()}
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
         self.pruned_epochs = list(state_dict.get("pruned_epochs", []))
@@ -192,6 +213,8 @@ class GrowthCallback(pl.Callback):
         self._last_validation = tuple(last) if last else None
         if "ramp" in state_dict:
             self._ramp_state = state_dict["ramp"]
+        if self.depth is not None:
+            self.depth.load_state_dict(state_dict.get("depth"))
 
     #: Where checkpoints written before the ramp joined the callback's state kept it.
     LEGACY_RAMP_KEY = "growth_new_weights"
@@ -234,14 +257,27 @@ class GrowthCallback(pl.Callback):
             self._before_step = {}
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
-        """Prunes and grows on this batch if the epoch is due."""
+        """Prunes, grows and inserts cascades on this batch if the epoch is due; sets the gates."""
         # Normally batch 0; after a resume from a mid-epoch checkpoint, the
-        # first batch this process sees (the schedule remembers grown epochs).
+        # first batch this process sees (the schedules remember their epochs).
         self._restore_ramp(pl_module)  # resumed mid-epoch: no on_train_epoch_start
         epoch = trainer.current_epoch
-        if self._checked_epoch == epoch:
-            return
-        self._checked_epoch = epoch
+        if self._checked_epoch != epoch:
+            self._checked_epoch = epoch
+            if self.depth is not None:
+                # Resumed with more cascades than the module was built with:
+                # the width schedule's sites follow the network.
+                self._refresh_sites(pl_module.growable_net())
+            self._width_events(trainer, pl_module, batch, epoch)
+            if self.depth is not None:
+                n = self.depth.due(epoch, pl_module.growable_net().num_cascades)
+                if n:
+                    self.insert_cascades(trainer, pl_module, epoch, n)
+        if self.depth is not None and self.depth.events:
+            # From the global step alone: exact after a resume, equal on every rank.
+            pl_module.growable_net().set_cascade_gates(self.depth.gates(trainer.global_step))
+
+    def _width_events(self, trainer, pl_module, batch, epoch: int) -> None:
         sites = self.schedule.sites_for_epoch(epoch)
         prune_due = self.prune is not None and self.prune.due(epoch) and \
             epoch not in self.pruned_epochs
@@ -266,6 +302,9 @@ class GrowthCallback(pl.Callback):
                       on_step=False, on_epoch=True, sync_dist=True)
         pl_module.log("network/filters", float(_widths_total(net.get_network_size())),
                       on_step=False, on_epoch=True, sync_dist=True)
+        if isinstance(getattr(net, "num_cascades", None), int):
+            pl_module.log("network/cascades", float(net.num_cascades), on_step=False,
+                          on_epoch=True, sync_dist=True)
 
     # ------------------------------------------------------------ events
     def extra_batches(self, trainer: Optional[pl.Trainer], epoch: int) -> List[Any]:
@@ -352,6 +391,55 @@ class GrowthCallback(pl.Callback):
             hook(reports)
         return reports
 
+    def insert_cascades(self, trainer: Optional[pl.Trainer], pl_module, epoch: int,
+                        n: int = 1) -> CascadeReport:
+        """Insert ``n`` cascades at the end, fading in, and bring the training state up to date.
+
+        Args:
+            trainer: The running trainer, or None outside ``fit``.
+            pl_module: A :class:`GrowableModule` whose network has cascades.
+            epoch: The epoch being started (seeds a fresh cascade).
+            n: Cascades to insert.
+
+        Returns:
+            The insertion's report.
+        """
+        c, net = self.config, pl_module.growable_net()
+        # At the end: earlier cascades keep their indices, so parameter
+        # names (the update ramp's keys) and optimizer positions stay valid.
+        report = net.add_cascades(n, position="end", init=c.cascade_init,
+                                  seed=(c.growth_seed * 1_000_003 + epoch) % (2 ** 63))
+        self.depth.record(epoch, 0 if trainer is None else trainer.global_step, report.indices)
+        names = [f"cascade_{k}" for k in report.indices]
+        if self.schedule is not None and self.schedule.kind == "budget":
+            extend_budget(self.schedule.state.get("budget"), f"cascade_{report.neighbour}", names)
+        self._refresh_sites(net)
+        if trainer is not None:
+            if c.reset_optimizer:
+                trainer.strategy.setup_optimizers(trainer)
+            else:
+                for opt in trainer.optimizers:
+                    group, before = _slot(pl_module, opt, report.new_parameters)
+                    add_params_to_optimizer(opt, report.new_parameters, group, before)
+            self._rebuild_ddp(trainer)
+        torch.compiler.reset()
+        self.cascade_reports.append(report)
+        line = f"[epoch {epoch}] {report}; fades in over {c.cascade_fade_steps} optimizer steps"
+        pl_module.print(line) if trainer is not None else print(line)
+        if trainer is not None:
+            pl_module.log_dict({"depth/events": float(len(self.depth.events)),
+                                "depth/params": float(report.params_after)},
+                               on_step=False, on_epoch=True, sync_dist=True)
+        return report
+
+    def _refresh_sites(self, net) -> None:
+        """The width and prune schedules' sites, re-read from the network (new cascades)."""
+        if self.schedule is None or self.schedule.kind == "progressive":
+            return
+        sites = list(net.growth_sites())
+        self.schedule.sites = self.config.schedule(sites).sites
+        self.prune = self.config.prune_schedule(sites)
+
     def prune_now(self, trainer: Optional[pl.Trainer], pl_module, batches: Sequence[Any],
                   epoch: int, total: Optional[int] = None) -> List[PruneReport]:
         """Remove filters as the prune schedule says and bring the training state up to date.
@@ -432,15 +520,7 @@ class GrowthCallback(pl.Callback):
             else:
                 for opt in trainer.optimizers:
                     remap_optimizer_state(opt, changes, seeding=self.config.optimizer_seeding)
-            strategy = trainer.strategy
-            if isinstance(getattr(strategy, "model", None),
-                          torch.nn.parallel.DistributedDataParallel) and \
-                    hasattr(strategy, "configure_ddp"):
-                # DDP hooked the old parameter objects (even with a single
-                # process): rebuild the wrapper. Collective: every rank grows
-                # identically, and rank 0's parameters are broadcast.
-                strategy.model = strategy.lightning_module
-                strategy.configure_ddp()
+            self._rebuild_ddp(trainer)
         names = {id(p): n for n, p in pl_module.named_parameters()}
         if grown:
             self.ramp.grown(changes, names, epoch)
@@ -450,3 +530,36 @@ class GrowthCallback(pl.Callback):
         # failure and, after a few, a silent fallback to eager. This resets
         # every compiled function of the process, not only this model's.
         torch.compiler.reset()
+
+    @staticmethod
+    def _rebuild_ddp(trainer: pl.Trainer) -> None:
+        strategy = trainer.strategy
+        if isinstance(getattr(strategy, "model", None),
+                      torch.nn.parallel.DistributedDataParallel) and \
+                hasattr(strategy, "configure_ddp"):
+            # DDP hooked the old parameter objects (even with a single
+            # process): rebuild the wrapper. Collective: every rank grows
+            # identically, and rank 0's parameters are broadcast.
+            strategy.model = strategy.lightning_module
+            strategy.configure_ddp()
+
+
+def _slot(pl_module, optimizer, new_params):
+    """``(param group, parameter before which new_params go)``, by module order.
+
+    A resumed run builds its optimizer from ``module.parameters()`` and
+    restores state by position: the new parameters go where that order puts
+    them, in the group of the nearest held parameter before them.
+    """
+    order = list(pl_module.parameters())
+    new_ids = {id(p) for p in new_params}
+    where = {id(p): g for g, group in enumerate(optimizer.param_groups) for p in group["params"]}
+    first = min(i for i, p in enumerate(order) if id(p) in new_ids)
+    last = max(i for i, p in enumerate(order) if id(p) in new_ids)
+    before = next((p for p in order[last + 1:] if id(p) in where), None)
+    earlier = next((p for p in reversed(order[:first]) if id(p) in where), None)
+    group = where[id(earlier)] if earlier is not None else (
+        where[id(before)] if before is not None else 0)
+    if before is not None and where[id(before)] != group:
+        before = None  # the next held parameter is in another group: append to this one
+    return group, before
