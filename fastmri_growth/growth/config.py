@@ -35,7 +35,7 @@ from .methods import METHODS, GrowthMethod, all_options, check_method_name, get_
 from .optim import SEEDINGS
 from .pruning import PRUNE_CRITERIA, PruneSchedule
 from .schedule import SCHEDULES, GrowthSchedule, parse_progressive
-from .scoring import DEFAULT_SITE_CRITERION, SITE_CRITERIA
+from .scoring import CANDIDATE_SCORES, DEFAULT_SITE_CRITERION, SITE_CRITERIA
 from .sites import Site, parse_sites
 
 
@@ -199,6 +199,15 @@ class GrowthConfig:
         DEFAULT_SITE_CRITERION, "How --auto-sites ranks sites: the best candidate's score, per "
         "parameter or per FLOP a new filter adds", choices=lambda: list(SITE_CRITERIA),
         check=one_of(lambda: list(SITE_CRITERIA), "site criterion"))
+    # grad_norm: the default until measurement favours the other (benchmarks/README.md,
+    # "Predicted and realised loss decrease").
+    candidate_score: str = option(
+        "grad_norm", "What ranks candidates (sample_select) and sites (--auto-sites): grad_norm "
+        "(the gradient norm of a candidate's zero fan-out) or optimizer (the loss decrease the "
+        "optimizer's first step on its new weights realises: sum of G**2/sqrt(s), s the seeded "
+        "second moment; about lr*||G||_1 under RMSprop/Adam with grad seeding)",
+        choices=lambda: list(CANDIDATE_SCORES), check=one_of(lambda: list(CANDIDATE_SCORES),
+                                                           "candidate score"))
     growth_schedule: str = option(
         "interval", "When to grow: interval (every N epochs), plateau (after N validations "
         "without validation_loss improvement), progressive (given epochs and sites) or budget "

@@ -40,7 +40,8 @@ from .net import SiteSpec
 from .report import GrowthReport
 from .scoring import DEFAULT_SITE_CRITERION, SiteScore, rank_sites, site_value
 from .sites import Site, as_site
-from .statistics import LossFn, ReduceFn, SiteStatistics, Statistics, _EvalMode, collect
+from .statistics import (LossFn, ReduceFn, SiteStatistics, Statistics, _EvalMode, collect,
+                         precondition)
 from .surgery import ParamChange, compose_maps
 
 #: How new filters' fan-out slices start: ``zero`` keeps the function;
@@ -76,6 +77,7 @@ class _Request:
     loss_fn: Optional[LossFn]
     generator: Optional[torch.Generator]
     reduce_fn: Optional[ReduceFn]
+    preconditioner: Any = None
 
 
 class _Scored(NamedTuple):
@@ -114,6 +116,7 @@ def grow(
     method_options: Optional[Mapping[str, Any]] = None,
     auto_sites: Optional[int] = None,
     site_criterion: str = DEFAULT_SITE_CRITERION,
+    preconditioner: Any = None,
 ) -> List[GrowthReport]:
     """Grow ``net`` at ``sites`` in one event.
 
@@ -138,6 +141,11 @@ def grow(
         auto_sites: Grow only the this many best sites of the pool, ranked
             by ``site_criterion`` from the statistics pass.
         site_criterion: See :data:`~fastmri_growth.growth.scoring.SITE_CRITERIA`.
+        preconditioner: How the optimizer will scale new fan-out slices'
+            steps (:func:`~fastmri_growth.growth.optim.preconditioner_for`):
+            candidates and sites are then scored by the loss decrease their
+            first optimizer step realises instead of by their gradient norm.
+            None: gradient norms.
 
     Returns:
         One :class:`GrowthReport` per grown site, in network order.
@@ -149,6 +157,7 @@ def grow(
     start = time.perf_counter()
     req = _validate(net, sites, method, batches, loss_fn, n_new, candidates, generator,
                     reduce_fn, fan_out_init, method_options, auto_sites, site_criterion)
+    req = replace(req, preconditioner=preconditioner)
     scored = _score(net, req)
     if req.auto_sites is not None:
         req, scored = _choose_sites(net, req, scored)
@@ -273,9 +282,11 @@ def _collect_statistics(net: nn.Module, req: _Request, cands: Dict[Site, torch.T
     # A method that scores nothing (no candidates, no statistics) runs no pass.
     if req.batches is None or not (cands or accumulators or want_w):
         return None
-    return collect(net, req.specs, req.batches, req.loss_fn, candidates=cands,
-                   want_weight_grad=[spec.site for spec in req.specs] if want_w else (),
-                   accumulators=accumulators, reduce_fn=req.reduce_fn)
+    stats = collect(net, req.specs, req.batches, req.loss_fn, candidates=cands,
+                    want_weight_grad=[spec.site for spec in req.specs] if want_w else (),
+                    accumulators=accumulators, reduce_fn=req.reduce_fn)
+    precondition(stats, req.specs, req.preconditioner)
+    return stats
 
 
 def _choose_sites(net: nn.Module, req: _Request, scored: _Scored) -> Tuple[_Request, _Scored]:

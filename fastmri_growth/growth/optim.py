@@ -24,7 +24,8 @@ estimates it directly. Both are floored at the tensor's mean.
 """
 from __future__ import annotations
 
-from typing import Iterable, Optional
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, Optional, Tuple
 
 import torch
 
@@ -36,21 +37,138 @@ SECOND_MOMENT_KEYS = ("exp_avg_sq", "max_exp_avg_sq", "square_avg", "sum", "acc_
 SEEDINGS = ("mean", "grad", "moment", "zero")
 
 
-def _fill(value: torch.Tensor, change: ParamChange, key: str, seeding: str) -> torch.Tensor:
-    if key not in SECOND_MOMENT_KEYS or seeding == "zero" or value.numel() == 0:
-        return value.new_zeros(())
-    mean = value.new_full((), float(value.mean(dtype=torch.float64)))
-    if seeding == "moment" and change.grad_sq_hint is not None:
-        hint = change.grad_sq_hint.to(value)
+def seeded_second_moment(mean: torch.Tensor, seeding: str, grad: Optional[torch.Tensor],
+                         grad_sq: Optional[torch.Tensor]) -> torch.Tensor:
+    """The second moment new entries start with (the rule of :func:`remap_optimizer_state`).
+
+    Args:
+        mean: The mean of the tensor's existing second-moment entries (a
+            0-dim tensor of the state's dtype and device).
+        seeding: One of :data:`SEEDINGS` other than ``"zero"``.
+        grad: The new entries' known gradient, or None.
+        grad_sq: Their known mean squared per-batch gradient, or None.
+
+    Returns:
+        A tensor shaped like the hints (or ``mean`` when there is none).
+    """
+    if seeding == "moment" and grad_sq is not None:
+        hint = grad_sq.to(mean)
         return torch.maximum(hint, mean.expand_as(hint))
-    if seeding in ("grad", "moment") and change.grad_hint is not None:
+    if seeding in ("grad", "moment") and grad is not None:
         # moment without a per-batch second moment (e.g. explicit gradients
         # given by hand): the squared gradient is the best estimate left.
-        hint = change.grad_hint.to(value).pow(2)
+        hint = grad.to(mean).pow(2)
         # Never below the mean: a near-zero gradient entry would otherwise
         # give that weight a huge first step once its gradient appears.
         return torch.maximum(hint, mean.expand_as(hint))
     return mean
+
+
+def _fill(value: torch.Tensor, change: ParamChange, key: str, seeding: str) -> torch.Tensor:
+    if key not in SECOND_MOMENT_KEYS or seeding == "zero" or value.numel() == 0:
+        return value.new_zeros(())
+    mean = value.new_full((), float(value.mean(dtype=torch.float64)))
+    return seeded_second_moment(mean, seeding, change.grad_hint, change.grad_sq_hint)
+
+
+@dataclass(frozen=True)
+class Preconditioner:
+    """How an optimizer will scale the first steps of new zero-fan-out slices.
+
+    An adaptive optimizer (RMSprop, Adam, Adagrad) steps each entry by about
+    ``lr * g / sqrt(s)``, ``s`` its second moment; for a new slice ``s`` is
+    what :func:`remap_optimizer_state` seeds (e.g. ``max(G**2, mean)``). On
+    the expected loss the first step then lowers it by about
+    ``lr * sum(G**2 / sqrt(s))``, not the ``lr * ||G||**2`` of plain SGD:
+    with ``grad`` seeding and gradients above the floor that is
+    ``lr * ||G||_1``; with ``moment`` seeding entries whose sign changes
+    from batch to batch (large ``E[g**2]``, small ``G**2``) count for little.
+    Later steps keep that shape while ``s`` stays near its seed (RMSprop's
+    time constant is ``1 / (1 - alpha)`` = 100 steps), and Adam's momentum
+    and bias correction scale every entry of a parameter alike. The step
+    first folds its own gradient into ``s`` (``alpha * s + (1 - alpha) *
+    g**2`` for RMSprop, ``beta2`` for Adam, ``s + g**2`` for Adagrad); the
+    gradient of the expected loss, ``G``, stands in for ``g``.
+
+    Attributes:
+        floors: ``id(param) -> mean of its existing second-moment entries``
+            for every parameter with adaptive state; parameters without
+            (plain SGD, or no step taken yet) are divided by 1.
+        seeding: The seeding the growth event will use (:data:`SEEDINGS`).
+        eps: The optimizer's ``eps`` added to ``sqrt(s)``.
+        mix: ``id(param) -> (a, b)``: the step's update ``s <- a * s + b * g**2``.
+    """
+
+    floors: Dict[int, float] = field(default_factory=dict)
+    seeding: str = "grad"
+    eps: float = 1e-8
+    mix: Dict[int, Tuple[float, float]] = field(default_factory=dict)
+
+    def denominator(self, weight: torch.Tensor, grad: torch.Tensor,
+                    grad_sq: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        """``sqrt(s) + eps`` for new entries of ``weight`` with gradient ``grad``.
+
+        Args:
+            weight: The consumer's weight parameter (looked up by identity).
+            grad: The new entries' gradient (any layout, e.g. `(K, C_out, kh, kw)`).
+            grad_sq: Their mean squared per-batch gradient (same shape), or None.
+
+        Returns:
+            A tensor shaped like ``grad``, or None where the optimizer does
+            not rescale (then the step is ``lr * G``).
+        """
+        floor = self.floors.get(id(weight))
+        if floor is None:
+            return None
+        mean = grad.new_full((), floor, dtype=torch.float64)
+        if self.seeding == "zero":
+            # Zero-seeded moments: the first step is g / sqrt((1 - alpha) g**2),
+            # the same size for every entry: sign steps, as with grad seeding.
+            s = grad.to(torch.float64).pow(2)
+        else:
+            s = seeded_second_moment(mean, self.seeding, grad.to(torch.float64),
+                                     None if grad_sq is None else grad_sq.to(torch.float64))
+            s = s.expand_as(grad)
+        a, b = self.mix.get(id(weight), (1.0, 0.0))
+        s = a * s + b * grad.to(torch.float64).pow(2)
+        return (s.sqrt() + self.eps).to(grad.dtype)
+
+
+def preconditioner_for(optimizer: Optional[torch.optim.Optimizer],
+                       seeding: str = "grad") -> Preconditioner:
+    """The :class:`Preconditioner` of ``optimizer`` as it is now.
+
+    Args:
+        optimizer: Any ``torch.optim`` optimizer, or None (no rescaling).
+        seeding: The second-moment seeding of new entries (:data:`SEEDINGS`).
+
+    Raises:
+        ValueError: for an unknown ``seeding``.
+    """
+    if seeding not in SEEDINGS:
+        raise ValueError(f"Unknown second-moment seeding {seeding!r}; valid: {', '.join(SEEDINGS)}")
+    floors: Dict[int, float] = {}
+    mix: Dict[int, Tuple[float, float]] = {}
+    eps = 1e-8
+    if optimizer is not None:
+        for group in optimizer.param_groups:
+            eps = float(group.get("eps", eps))
+            if "alpha" in group:  # RMSprop
+                step_mix = (float(group["alpha"]), 1.0 - float(group["alpha"]))
+            elif "betas" in group:  # Adam and its kin
+                beta2 = float(group["betas"][1])
+                step_mix = (beta2, 1.0 - beta2)
+            else:  # Adagrad: a running sum
+                step_mix = (1.0, 1.0)
+            for p in group["params"]:
+                state = optimizer.state.get(p, {})
+                for key in SECOND_MOMENT_KEYS:
+                    value = state.get(key)
+                    if torch.is_tensor(value) and value.shape == p.shape and value.numel():
+                        floors[id(p)] = float(value.mean(dtype=torch.float64))
+                        mix[id(p)] = step_mix
+                        break
+    return Preconditioner(floors, seeding, eps, mix)
 
 
 def remap_optimizer_state(optimizer: torch.optim.Optimizer, changes: Iterable[ParamChange],

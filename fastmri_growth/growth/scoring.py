@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .sites import Site, as_site
-from .statistics import LossFn, ReduceFn, Statistics, _EvalMode, collect
+from .statistics import LossFn, ReduceFn, Statistics, _EvalMode, collect, precondition
 from .surgery import add_output_channels
 
 
@@ -98,6 +98,10 @@ def brute_force_scores_at(
 #: "Descent fan-out"). Ranked by ``s`` alone, by ``s`` per parameter one new
 #: filter adds there, or by ``s`` per forward FLOP it adds (per sample).
 SITE_CRITERIA = ("score", "score_per_param", "score_per_flop")
+#: What a candidate's score measures: the gradient norm of its zero fan-out
+#: (GradMax's criterion), or the loss decrease the optimizer's first step on
+#: its new weights realises (:class:`~fastmri_growth.growth.optim.Preconditioner`).
+CANDIDATE_SCORES = ("grad_norm", "optimizer")
 DEFAULT_SITE_CRITERION = "score_per_flop"
 
 
@@ -171,6 +175,7 @@ def score_sites(
     criterion: str = DEFAULT_SITE_CRITERION,
     generator: Optional[torch.Generator] = None,
     reduce_fn: Optional[ReduceFn] = None,
+    preconditioner: Any = None,
 ) -> List[SiteScore]:
     """Score random candidates at every site in ONE pass over the batches.
 
@@ -183,6 +188,9 @@ def score_sites(
         criterion: Ranking criterion (:data:`SITE_CRITERIA`).
         generator: CPU generator for the candidates.
         reduce_fn: Mean over DDP ranks.
+        preconditioner: Score by the optimizer's realised first step (see
+            :func:`~fastmri_growth.growth.optim.preconditioner_for`); None:
+            gradient norms.
 
     Returns:
         One :class:`SiteScore` per site, best value first.
@@ -196,4 +204,5 @@ def score_sites(
     specs = [net.site_spec(s) for s in chosen]
     cands = {spec.site: generate_candidates(spec, n_candidates, generator) for spec in specs}
     stats = collect(net, specs, batches, loss_fn, candidates=cands, reduce_fn=reduce_fn)
+    precondition(stats, specs, preconditioner)
     return rank_sites(specs, stats, criterion)

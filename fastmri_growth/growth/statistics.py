@@ -57,6 +57,10 @@ class SiteStatistics:
         extra: Accumulators a growth method asked for (see :class:`Accumulator`).
         input_hw: The site conv's input size on the first batch.
         consumer_out_hw: Each consumer's output size on the first batch.
+        fan_out_denominators: Per consumer, how the optimizer will divide the
+            steps of each candidate's fan-out slice (shaped like
+            ``fan_out_grads``; None entries: not at all), or None: scores
+            are plain gradient norms. Set by :func:`precondition`.
     """
 
     site: Site
@@ -68,10 +72,19 @@ class SiteStatistics:
     extra: Dict[str, torch.Tensor] = field(default_factory=dict)
     input_hw: Optional[tuple] = None
     consumer_out_hw: Optional[List[tuple]] = None
+    fan_out_denominators: Optional[List[Optional[torch.Tensor]]] = None
 
     def scores(self) -> torch.Tensor:
-        """``s_j = sqrt(sum over consumers ||G_jc||^2)``, shape `(K,)`."""
-        return scores_from_gradients(self.fan_out_grads)
+        """Each candidate's score, shape `(K,)`.
+
+        ``s_j = sqrt(sum over consumers and entries G_jc**2 / D_jc)``: with no
+        denominators (``D = 1``) the gradient norm of the candidate's fan-out;
+        with an optimizer's (:func:`precondition`) ``lr * s_j**2`` is the loss
+        decrease its first optimizer step will realise, to first order.
+        """
+        if self.fan_out_denominators is None:
+            return scores_from_gradients(self.fan_out_grads)
+        return preconditioned_scores(self.fan_out_grads, self.fan_out_denominators)
 
 
 @dataclass
@@ -211,6 +224,45 @@ def scores_from_gradients(grads: Sequence[torch.Tensor]) -> torch.Tensor:
     """``s_j = sqrt(sum over consumers ||G_jc||^2)``, shape `(K,)`."""
     total = sum(g.flatten(1).double().pow(2).sum(dim=1) for g in grads)
     return total.sqrt().to(grads[0].dtype)
+
+
+def preconditioned_scores(grads: Sequence[torch.Tensor],
+                          denominators: Sequence[Optional[torch.Tensor]]) -> torch.Tensor:
+    """``s_j = sqrt(sum over consumers and entries G_jc**2 / D_jc)``, shape `(K,)`.
+
+    Args:
+        grads: Per consumer `(K, C_out, kh, kw)`.
+        denominators: Per consumer, the same shape, or None (``D = 1``).
+    """
+    total = 0
+    for g, d in zip(grads, denominators):
+        sq = g.flatten(1).double().pow(2)
+        if d is not None:
+            sq = sq / d.flatten(1).double()
+        total = total + sq.sum(dim=1)
+    return total.sqrt().to(grads[0].dtype)
+
+
+def precondition(stats: "Statistics", specs: Sequence[SiteSpec], preconditioner) -> None:
+    """Give every scored site of ``stats`` the optimizer's step denominators.
+
+    Args:
+        stats: A statistics pass's result (changed in place).
+        specs: The sites' specs as the pass saw them.
+        preconditioner: ``preconditioner.denominator(weight, G, G_sq)`` (see
+            :class:`~fastmri_growth.growth.optim.Preconditioner`), or None
+            (scores stay plain gradient norms).
+    """
+    if preconditioner is None:
+        return
+    for spec in specs:
+        st = stats.sites.get(spec.site)
+        if st is None or st.fan_out_grads is None:
+            continue
+        sq = st.fan_out_grad_sq or [None] * len(st.fan_out_grads)
+        st.fan_out_denominators = [
+            preconditioner.denominator(c.module.weight, g, q)
+            for c, g, q in zip(spec.consumers, st.fan_out_grads, sq)]
 
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:

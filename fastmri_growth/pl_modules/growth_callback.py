@@ -58,7 +58,8 @@ from fastmri_growth.growth.config import GrowthConfig
 from fastmri_growth.growth.engine import grow
 from fastmri_growth.growth.net import GrowableNet, resize_on_load
 from fastmri_growth.growth.depth import CascadeReport, extend_budget
-from fastmri_growth.growth.optim import add_params_to_optimizer, remap_optimizer_state
+from fastmri_growth.growth.optim import (Preconditioner, add_params_to_optimizer, preconditioner_for,
+                                         remap_optimizer_state)
 from fastmri_growth.growth.pruning import (PruneReport, exchange_removals, fixed_removals, prune,
                                            score_filters)
 from fastmri_growth.growth.ramp import UpdateRamp
@@ -366,7 +367,8 @@ class GrowthCallback(pl.Callback):
                                 generator=torch.Generator().manual_seed(
                                     c.growth_seed * 1_000_003 + epoch),
                                 reduce_fn=_reduce_fn(trainer), fan_out_init=c.fan_out_init,
-                                auto_sites=auto, site_criterion=c.site_criterion)
+                                auto_sites=auto, site_criterion=c.site_criterion,
+                                preconditioner=self.preconditioner(trainer))
         self.schedule.mark_grown(epoch)
         self._after_surgery(trainer, pl_module, reports, epoch, grown=True)
         self.reports.extend(reports)
@@ -390,6 +392,18 @@ class GrowthCallback(pl.Callback):
         if callable(hook):
             hook(reports)
         return reports
+
+    def preconditioner(self, trainer: Optional[pl.Trainer]) -> Optional[Preconditioner]:
+        """What scores candidates under ``candidate_score="optimizer"`` (None: gradient norms).
+
+        The trainer's first optimizer as it is now, with the event's
+        second-moment seeding; outside ``fit`` (no optimizer) the steps are
+        those of plain SGD, and the scores gradient norms.
+        """
+        if self.config.candidate_score != "optimizer":
+            return None
+        opts = getattr(trainer, "optimizers", None) or [None]
+        return preconditioner_for(opts[0], self.config.optimizer_seeding)
 
     def insert_cascades(self, trainer: Optional[pl.Trainer], pl_module, epoch: int,
                         n: int = 1) -> CascadeReport:
