@@ -94,7 +94,7 @@ def test_sites_are_checked_against_the_network_when_it_is_known():
 
 @pytest.mark.parametrize("values, given, message", [
     (dict(growth_schedule="plateau"), {"growth_interval"},
-     "--growth-interval applies to --growth-schedule interval or budget, not plateau; pass "
+     "--growth-interval applies to --growth-schedule interval, budget or auto, not plateau; pass "
      "--growth-schedule interval or drop --growth-interval"),
     (dict(growth_schedule="progressive"), {"layers_to_grow"},
      "--layers-to-grow does not apply to --growth-schedule progressive"),

@@ -285,7 +285,7 @@ def _bad_input_cases(tmp: Path, knee: Path, run: Path):
         ("interval flag under progressive", data + fresh + [
             "--growth-schedule", "progressive", "--progressive-schedule", "1:down_0",
             "--growth-interval", "2"],
-         ["--growth-interval applies to --growth-schedule interval or budget, not progressive"]),
+         ["--growth-interval applies to --growth-schedule interval, budget or auto, not progressive"]),
         ("n-new under budget", data + fresh + [
             "--growth-schedule", "budget", "--target-chans", "8", "--growth-end-epoch", "2",
             "--max_epochs", "3", "--n-new", "2"],

@@ -101,7 +101,7 @@ EPOCH = int_at_least(0)
 OPTIONAL_POSITIVE = int_at_least(1, optional=True)
 
 #: Schedules that grow the same sites at every event (``--layers-to-grow``).
-SITE_SCHEDULES = ("interval", "plateau", "budget")
+SITE_SCHEDULES = ("interval", "plateau", "budget", "auto")
 
 
 @dataclass(frozen=True)
@@ -185,7 +185,7 @@ class GrowthConfig:
     growth_method: str = option("sample_select", "A registered growth method", choices=lambda: list(METHODS),
                                 check=_method_name)
     growth_interval: int = option(1, "interval schedule: grow every N epochs", parse=int,
-                                  check=POSITIVE, applies=("interval", "budget"))
+                                  check=POSITIVE, applies=("interval", "budget", "auto"))
     layers_to_grow: Any = option(
         None, "Sites to grow: LAYER (both convs) or LAYER:CONV (0, 1, or t: the transposed conv "
         "into an up layer); layers are down_0..down_{P-1}, bottleneck, up_0..up_{P-1}; 'auto': "
@@ -211,7 +211,22 @@ class GrowthConfig:
     growth_schedule: str = option(
         "interval", "When to grow: interval (every N epochs), plateau (after N validations "
         "without validation_loss improvement), progressive (given epochs and sites) or budget "
-        "(to a target size by --growth-end-epoch)", choices=lambda: list(SCHEDULES))
+        "(to a target size by --growth-end-epoch) or auto (every --growth-interval epochs, grow "
+        "while the best site's predicted gain per added FLOP is at least --auto-threshold times "
+        "the training loss's recent decrease per FLOP; --target-chans/--target-params and "
+        "--max-width cap it)", choices=lambda: list(SCHEDULES))
+    # 1.0: grow while new capacity is predicted to buy at least as much loss
+    # per FLOP as training the network as it is (benchmarks/README.md, "auto").
+    auto_threshold: float = option(
+        1.0, "auto schedule: grow while the gain ratio (best site's predicted loss decrease per "
+        "added FLOP / training loss decrease per FLOP) is at least this", parse=float,
+        check=float_at_least(0), applies=("auto",))
+    auto_growth_rate: float = option(
+        0.25, "auto schedule: each growth event widens every site by this fraction of its width "
+        "(at least one filter)", parse=float, check=float_at_least(0), applies=("auto",))
+    auto_patience: int = option(
+        2, "auto schedule: stop growing for good after N declined checks in a row",
+        parse=int, check=POSITIVE, applies=("auto",))
     plateau_patience: int = option(2, "plateau schedule: grow after N validations without "
                                    "validation_loss improvement", parse=int, check=POSITIVE,
                                    applies=("plateau",))
@@ -232,7 +247,7 @@ class GrowthConfig:
         False, "Recreate optimizer and LR scheduler after growth instead of keeping their state "
         "(the LR schedule then restarts from its first epoch)", switch=True)
     growth_start_epoch: int = option(1, "First epoch at which growth may happen", parse=int,
-                                     check=EPOCH, applies=("interval", "plateau", "budget"))
+                                     check=EPOCH, applies=("interval", "plateau", "budget", "auto"))
     growth_seed: int = option(0, "Seed of candidate generation (and of fresh cascades)",
                               parse=int, check=any_int)
     plateau_min_delta: float = option(
@@ -258,12 +273,14 @@ class GrowthConfig:
         80, "Ramp new weights' updates from 0 to full over N optimizer steps (0: none)",
         parse=int, check=int_at_least(0))
     growth_end_epoch: Optional[int] = option(
-        None, "budget schedule: the epoch of the last growth event", parse=optional_int)
+        None, "budget schedule: the epoch of the last growth event (auto: the last epoch that "
+        "may grow)", parse=optional_int)
     target_chans: Optional[int] = option(
-        None, "budget schedule: grow to the widths of a fixed U-Net of this chans",
+        None, "budget schedule: grow to the widths of a fixed U-Net of this chans (auto: grow no "
+        "wider)",
         parse=optional_int)
     target_params: Optional[int] = option(
-        None, "budget schedule: grow to this many parameters", parse=optional_int)
+        None, "budget schedule: grow to this many parameters (auto: no further)", parse=optional_int)
     # Depth growth (backbones with cascades): independent of the width
     # schedule above, which keeps growing every cascade's U-Net, new ones too.
     target_cascades: Optional[int] = option(
@@ -377,7 +394,9 @@ class GrowthConfig:
             start_epoch=self.growth_start_epoch, patience=self.plateau_patience,
             min_delta=self.plateau_min_delta, progressive=progressive or {},
             max_events=self.max_growth_steps, end_epoch=self.growth_end_epoch,
-            target_chans=self.target_chans, target_params=self.target_params)
+            target_chans=self.target_chans, target_params=self.target_params,
+            threshold=self.auto_threshold, growth_rate=self.auto_growth_rate,
+            auto_patience=self.auto_patience)
 
     def schedule(self, all_sites: Sequence[Site]) -> GrowthSchedule:
         """The growth schedule for a network's sites.
@@ -526,6 +545,12 @@ def backbone_problem(values: Mapping[str, Any], capabilities: Iterable[str], wha
     return None
 
 
+def _either(names: Sequence[str]) -> str:
+    """``a``, ``a or b``, ``a, b or c``."""
+    names = list(names)
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+
+
 def inapplicable(values: Mapping[str, Any], given: Iterable[str],
                  capabilities: Optional[Iterable[str]] = None, what: str = "this model") \
         -> Optional[str]:
@@ -560,14 +585,14 @@ def inapplicable(values: Mapping[str, Any], given: Iterable[str],
                         "--progressive-schedule names the sites of each epoch "
                         "('EPOCH:LAYER[:CONV],...;...'); drop --layers-to-grow")
             flag = spell(name)[0]
-            return (f"{flag} applies to --growth-schedule {' or '.join(applies)}, not {kind}; "
+            return (f"{flag} applies to --growth-schedule {_either(applies)}, not {kind}; "
                     f"pass --growth-schedule {applies[0]} or drop {flag}")
     method = values.get("growth_method")
     mine = {o.name for o in METHODS[method].options} if method in METHODS else set()
     for name in all_options():
         if name in given and name not in mine:
             takers = [m for m, cls in METHODS.items() if name in {o.name for o in cls.options}]
-            return (f"{spell(name)[0]} is an option of --growth-method {' or '.join(takers)}, "
+            return (f"{spell(name)[0]} is an option of --growth-method {_either(takers)}, "
                     f"not {method}; drop it or pass --growth-method {takers[0]}")
     prune = values.get("prune_schedule")
     for name in _names(PruneConfig):
@@ -580,5 +605,5 @@ def inapplicable(values: Mapping[str, Any], given: Iterable[str],
             return (f"{flag} needs a --prune-schedule (interval, epochs or exchange); pass one "
                     "or drop the flag")
         if applies is not None and prune not in applies:
-            return f"{flag} applies to --prune-schedule {' or '.join(applies)}, not {prune}; drop it"
+            return f"{flag} applies to --prune-schedule {_either(applies)}, not {prune}; drop it"
     return None

@@ -7,12 +7,12 @@ growth is idempotent and a resumed run takes the same decisions as an
 uninterrupted one.
 """
 
-from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Union
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 from .sites import Site, parse_sites
 
-SCHEDULES = ("interval", "plateau", "progressive", "budget")
+SCHEDULES = ("interval", "plateau", "progressive", "budget", "auto")
 
 
 def parse_progressive(spec: Union[None, str, Dict], all_sites: Sequence[Site]
@@ -75,8 +75,17 @@ class GrowthSchedule:
     parameters; the growth callback computes them from the network at the
     first event and keeps them in :attr:`state`.
 
+    The ``auto`` schedule decides at each due epoch (every ``interval`` from
+    ``start_epoch``, up to ``end_epoch`` if given) from evidence whether to
+    grow (:func:`auto_decision`): the best site's predicted loss decrease per
+    added FLOP against the training loss's recent decrease per FLOP. It
+    grows every site by ``growth_rate`` of its width (at least one filter;
+    ``target_chans``/``target_params`` and ``max_width`` are caps), and stops
+    for good after ``auto_patience`` declined checks in a row or when every
+    site is at its cap. Its decisions are kept in ``state["auto"]``.
+
     Attributes:
-        kind: ``"interval"``, ``"plateau"``, ``"progressive"`` or ``"budget"``.
+        kind: One of :data:`SCHEDULES`.
         sites: Sites grown at each event (interval, plateau and budget).
         interval: Grow every ``interval`` epochs (interval and budget schedules).
         start_epoch: First epoch at which growth may happen.
@@ -88,6 +97,9 @@ class GrowthSchedule:
         end_epoch: Budget schedule: the epoch of the last event.
         target_chans: Budget schedule: grow to a fixed U-Net's widths of this ``chans``.
         target_params: Budget schedule: grow to this many parameters.
+        threshold: Auto schedule: grow while the gain ratio is at least this.
+        growth_rate: Auto schedule: each event widens a site by this fraction.
+        auto_patience: Auto schedule: stop after this many declined checks in a row.
         state: Mutable state saved in checkpoints.
     """
 
@@ -102,6 +114,9 @@ class GrowthSchedule:
     end_epoch: Optional[int] = None
     target_chans: Optional[int] = None
     target_params: Optional[int] = None
+    threshold: float = 1.0
+    growth_rate: float = 0.25
+    auto_patience: int = 2
     state: Dict = field(default_factory=lambda: {
         "grown_epochs": [], "best_loss": None, "bad_epochs": 0, "observed_epochs": []})
 
@@ -119,6 +134,10 @@ class GrowthSchedule:
         budget = {"growth_end_epoch": self.end_epoch, "target_chans": self.target_chans,
                   "target_params": self.target_params}
         given = [name for name, value in budget.items() if value is not None]
+        if self.kind == "auto":
+            # The budget's end and targets are caps of the auto schedule.
+            self._check_targets()
+            return
         if self.kind != "budget":
             if given:
                 raise ValueError(
@@ -135,6 +154,18 @@ class GrowthSchedule:
         if (self.target_chans is None) == (self.target_params is None):
             raise ValueError("growth_schedule='budget' needs exactly one of target_chans and "
                              f"target_params (got {', '.join(given[1:]) or 'neither'})")
+        self._check_targets()
+
+    def _check_targets(self) -> None:
+        if self.kind == "auto":
+            if self.target_chans is not None and self.target_params is not None:
+                raise ValueError("growth_schedule='auto' takes at most one of target_chans and "
+                                 "target_params (its cap)")
+            if self.end_epoch is not None and (not isinstance(self.end_epoch, int)
+                                               or self.end_epoch < self.start_epoch):
+                raise ValueError(
+                    f"growth_end_epoch must be an int >= growth_start_epoch "
+                    f"({self.start_epoch}), got {self.end_epoch!r}")
         for name in ("target_chans", "target_params"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool)
@@ -188,7 +219,55 @@ class GrowthSchedule:
             return list(self.sites) if self.state["bad_epochs"] >= self.patience else []
         if self.kind == "budget":
             return list(self.sites) if epoch in self.budget_epochs() else []
+        if self.kind == "auto":
+            if self.state.get("auto_stopped") is not None or (
+                    self.end_epoch is not None and epoch > self.end_epoch):
+                return []
+            due = (epoch - self.start_epoch) % self.interval == 0
+            return list(self.sites) if due else []
         return list(self.progressive.get(epoch, []))
+
+    # ---------------------------------------------------------------- auto
+    def observe_train_loss(self, epoch: int, loss: float) -> None:
+        """Record one training step's loss (the auto schedule's evidence of progress)."""
+        run = self.state.get("auto_losses")
+        if run is None or run["epoch"] != epoch:
+            if run is not None and run["epoch"] < epoch:
+                self.state["auto_last_epoch"] = run
+            run = self.state["auto_losses"] = {"epoch": int(epoch), "losses": []}
+        run["losses"].append(float(loss))
+
+    def loss_decrease_per_step(self, epoch: int) -> float:
+        """The training loss's decrease per step over the epoch before ``epoch``.
+
+        The mean loss of that epoch's first half minus its second half's,
+        over the steps between the halves' centres; NaN without such an epoch.
+        """
+        for run in (self.state.get("auto_losses"), self.state.get("auto_last_epoch")):
+            if run is not None and run["epoch"] == epoch - 1 and len(run["losses"]) >= 2:
+                losses = run["losses"]
+                half = len(losses) // 2
+                first, second = losses[:half], losses[len(losses) - half:]
+                return (sum(first) / half - sum(second) / half) / (len(losses) - half)
+        return float("nan")
+
+    def record_auto(self, decision: "AutoDecision") -> None:
+        """Keep an auto decision; stop after ``auto_patience`` declines in a row.
+
+        A decision that grows nothing because every site is at its cap
+        (``decision.capped``) stops the schedule at once.
+        """
+        log = self.state.setdefault("auto", [])
+        if any(d["epoch"] == decision.epoch for d in log):
+            return  # an epoch decides once
+        log.append(asdict(decision))
+        declines = 0
+        for d in reversed(log):
+            if d["grow"]:
+                break
+            declines += 1
+        if decision.capped or declines >= self.auto_patience:
+            self.state["auto_stopped"] = decision.epoch
 
     # ---------------------------------------------------------------- budget
     def budget_epochs(self) -> List[int]:
@@ -227,6 +306,90 @@ class GrowthSchedule:
         if self.kind == "plateau":
             self.state["bad_epochs"] = 0
             self.state["best_loss"] = None  # the grown net starts a new plateau
+
+
+@dataclass
+class AutoDecision:
+    """One check of the auto schedule, and why it grew or not.
+
+    Attributes:
+        epoch: The epoch checked.
+        grow: Whether it grows.
+        ratio: ``gain_per_flop / progress_per_flop`` (inf: training has
+            stopped improving).
+        gain_per_flop: The best site's predicted loss decrease per optimizer
+            step of its new filter (``lr * score**2``, the optimizer-aware
+            score) per forward FLOP per sample the filter adds.
+        progress_per_flop: The training loss's decrease per step over the
+            last epoch, per forward FLOP per sample of the network.
+        site: The best site's label.
+        threshold: The threshold the ratio was held against.
+        capped: Every site is at its cap (nothing left to grow).
+        reason: One line saying why.
+    """
+
+    epoch: int
+    grow: bool
+    ratio: float
+    gain_per_flop: float
+    progress_per_flop: float
+    site: str
+    threshold: float
+    capped: bool = False
+    reason: str = ""
+
+
+def auto_decision(epoch: int, site_scores: Sequence[Any], lr: float,
+                  loss_decrease_per_step: float, flops_per_sample: float,
+                  threshold: float) -> AutoDecision:
+    """Whether adding capacity now buys more loss per FLOP than training the network as it is.
+
+    The predicted gain of a new filter is the loss decrease its optimizer
+    steps realise (``lr * s**2`` per step for its optimizer-aware score
+    ``s``), per forward FLOP it adds; training's own progress is the recent
+    decrease of the training loss per step, per forward FLOP of the whole
+    network. Growth pays while the first is at least ``threshold`` times the
+    second.
+
+    Args:
+        epoch: The epoch checked.
+        site_scores: :class:`~fastmri_growth.growth.scoring.SiteScore` per
+            site with room to grow, scored with the optimizer's preconditioner.
+        lr: The optimizer's learning rate.
+        loss_decrease_per_step: Training loss decrease per step (may be <= 0).
+        flops_per_sample: Forward FLOPs per sample of the network now.
+        threshold: The ratio at or above which growth happens.
+    """
+    gains = [(lr * s.best_score ** 2 / max(s.flops_per_filter, 1), s) for s in site_scores]
+    if not gains:
+        return AutoDecision(epoch, False, float("nan"), float("nan"), float("nan"), "",
+                            threshold, capped=True, reason="every site is at its cap")
+    gain, best = max(gains, key=lambda g: g[0])
+    progress = loss_decrease_per_step / max(flops_per_sample, 1.0)
+    ratio = gain / progress if progress > 0 else float("inf")
+    grow = ratio >= threshold
+    why = (f"best site {best.site.label} predicts {gain:.3g} loss per step per added FLOP; "
+           + (f"training's loss fell {progress:.3g} per step per FLOP over the last epoch"
+              if progress > 0 else "training's loss did not fall over the last epoch"))
+    verdict = f"gain ratio {ratio:.3g} {'>=' if grow else '<'} threshold {threshold:g}"
+    return AutoDecision(epoch, grow, ratio, gain, progress, best.site.label, threshold,
+                        reason=f"{verdict}: {why}")
+
+
+def auto_targets(size: Dict, sites: Sequence[Site], growth_rate: float,
+                 caps: Optional[Dict[str, int]] = None,
+                 max_width: Optional[int] = None) -> Dict[str, int]:
+    """This auto event's target width per site key: ``w + max(1, round(rate * w))``, capped."""
+    out = {}
+    for site in sites:
+        width = width_of(size, site)
+        target = width + max(1, int(round(growth_rate * width)))
+        if caps is not None and site.key in caps:
+            target = min(target, caps[site.key])
+        if max_width is not None:
+            target = min(target, max_width)
+        out[site.key] = target
+    return out
 
 
 def width_of(size: Dict, site: Site) -> int:

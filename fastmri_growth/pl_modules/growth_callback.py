@@ -49,6 +49,7 @@ calls ``resize_on_load(self.net)`` in its constructor.
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence, Union, runtime_checkable
 
 import pytorch_lightning as pl
@@ -64,8 +65,10 @@ from fastmri_growth.growth.pruning import (PruneReport, exchange_removals, fixed
                                            score_filters)
 from fastmri_growth.growth.ramp import UpdateRamp
 from fastmri_growth.growth.report import GrowthReport
-from fastmri_growth.growth.schedule import (auto_budget_counts, budget_targets_for, event_counts,
+from fastmri_growth.growth.schedule import (auto_budget_counts, auto_decision, auto_targets,
+                                            budget_targets_for, event_counts,
                                             scoring_batch_indices, width_of)
+from fastmri_growth.growth.scoring import score_sites
 from fastmri_growth.growth.sites import Site, as_site
 from fastmri_growth.growth.statistics import NonFiniteLossError
 
@@ -105,6 +108,27 @@ def _isolated(dataset):
 def _widths_total(size) -> int:
     """Sum of every width in a (possibly nested) ``get_network_size()``."""
     return sum(_widths_total(v) if isinstance(v, dict) else int(v) for v in size.values())
+
+
+def forward_flops_per_sample(pl_module, batch: Any) -> float:
+    """Forward FLOPs per sample of ``pl_module.growth_loss`` on ``batch`` (convs and matmuls)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        pl_module.growth_loss(batch)
+    return counter.get_total_flops() / max(_batch_size(batch), 1)
+
+
+def _batch_size(batch: Any) -> int:
+    """The leading size of the first tensor in ``batch`` (a tensor, tuple, namedtuple or dict)."""
+    if torch.is_tensor(batch):
+        return int(batch.shape[0]) if batch.dim() else 1
+    items = batch.values() if isinstance(batch, dict) else batch
+    if isinstance(items, (list, tuple)) or isinstance(batch, dict):
+        for item in items:
+            if torch.is_tensor(item) and item.dim():
+                return int(item.shape[0])
+    return 1
 
 
 def _reduce_fn(trainer):
@@ -177,6 +201,11 @@ class GrowthCallback(pl.Callback):
         if self.schedule.kind == "budget" and "budget" not in self.schedule.state:
             self.schedule.set_budget(*budget_targets_for(
                 net, self.schedule.sites, self.schedule.target_chans, self.schedule.target_params))
+        s = self.schedule
+        if s.kind == "auto" and "auto_caps" not in s.state and (
+                s.target_chans is not None or s.target_params is not None):
+            s.state["auto_caps"] = budget_targets_for(net, s.sites, s.target_chans,
+                                                      s.target_params)[1]
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         """Prepares the schedules, and makes the network resize to a checkpoint's widths on load."""
@@ -252,6 +281,10 @@ class GrowthCallback(pl.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         """Scales the last update of the weights added recently (LR scale, ramp)."""
+        if self.schedule is not None and self.schedule.kind == "auto":
+            loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+            if loss is not None:
+                self.schedule.observe_train_loss(trainer.current_epoch, float(loss))
         if self._before_step:
             self.ramp.after_step(dict(pl_module.named_parameters()), self._before_step,
                                  trainer.current_epoch)
@@ -292,6 +325,8 @@ class GrowthCallback(pl.Callback):
                 return
         if prune_due:
             self.prune_now(trainer, pl_module, batches, epoch)
+        if sites and self.schedule.kind == "auto":
+            sites = self.auto_check(trainer, pl_module, batches, sites, epoch)
         if sites:
             self.grow(trainer, pl_module, batches, sites, epoch)
 
@@ -348,6 +383,8 @@ class GrowthCallback(pl.Callback):
         c, net = self.config, pl_module.growable_net()
         self.prepare(net)
         targets = self.schedule.budget_targets(epoch) if self.schedule.kind == "budget" else None
+        if self.schedule.kind == "auto":
+            targets = self._auto_targets(net, [as_site(s) for s in sites])
         counts = event_counts(net.get_network_size(), [as_site(s) for s in sites], c.n_new,
                               targets, c.max_width)
         if not counts:
@@ -392,6 +429,52 @@ class GrowthCallback(pl.Callback):
         if callable(hook):
             hook(reports)
         return reports
+
+    def _auto_targets(self, net, sites: Sequence[Site]) -> Dict[str, int]:
+        s = self.schedule
+        return auto_targets(net.get_network_size(), sites, s.growth_rate, s.state.get("auto_caps"),
+                            self.config.max_width)
+
+    def auto_check(self, trainer: Optional[pl.Trainer], pl_module, batches: Sequence[Any],
+                   sites: Sequence[Site], epoch: int) -> List[Site]:
+        """The auto schedule's decision at ``epoch``: the sites to grow (empty: not now).
+
+        Scores every site with room to grow (optimizer-aware scores, one
+        statistics pass on ``batches``), compares the best site's predicted
+        gain per added FLOP with the training loss's decrease per FLOP over
+        the last epoch (:func:`~fastmri_growth.growth.schedule.auto_decision`),
+        records the decision in the schedule's state and says it.
+        """
+        c, net, s = self.config, pl_module.growable_net(), self.schedule
+        sites = [as_site(x) for x in sites]
+        size = net.get_network_size()
+        targets = self._auto_targets(net, sites)
+        room = [x for x in sites if targets[x.key] > width_of(size, x)]
+        opts = getattr(trainer, "optimizers", None) or [None]
+        reduce_fn = _reduce_fn(trainer)
+        scores = []
+        if room:
+            scores = self._guarded(
+                batches, epoch, score_sites, net, batches, pl_module.growth_loss, room,
+                n_candidates=int(c.method_options.get("n_candidates", 10)), criterion="score",
+                generator=torch.Generator().manual_seed(c.growth_seed * 1_000_003 + epoch),
+                reduce_fn=reduce_fn, preconditioner=preconditioner_for(opts[0],
+                                                                       c.optimizer_seeding))
+        decrease = torch.tensor([s.loss_decrease_per_step(epoch)], dtype=torch.float64)
+        if reduce_fn is not None:
+            decrease = reduce_fn(decrease.to(pl_module.device)).cpu()
+        lr = float(opts[0].param_groups[0]["lr"]) if opts[0] is not None else 1.0
+        decision = auto_decision(epoch, scores, lr, float(decrease), forward_flops_per_sample(
+            pl_module, batches[0]), s.threshold)
+        s.record_auto(decision)
+        stopped = s.state.get("auto_stopped") is not None
+        line = (f"[epoch {epoch}] auto schedule: {'growing' if decision.grow else 'not growing'}"
+                f"{'; growth has stopped' if stopped else ''} ({decision.reason})")
+        pl_module.print(line) if trainer is not None else print(line)
+        if trainer is not None and math.isfinite(decision.ratio):
+            pl_module.log("growth/auto_ratio", float(decision.ratio), on_step=False,
+                          on_epoch=True, sync_dist=True, batch_size=1)
+        return room if decision.grow else []
 
     def preconditioner(self, trainer: Optional[pl.Trainer]) -> Optional[Preconditioner]:
         """What scores candidates under ``candidate_score="optimizer"`` (None: gradient norms).

@@ -1,0 +1,246 @@
+"""Benchmark 9: does a candidate's score predict the loss decrease training realises?
+
+A growth method ranks zero-fan-out candidates by a score computed before
+training moves them. Here the ranking is checked against what training
+does. A U-Net (fastMRI's recipe: RMSprop lr 1e-3, L1 loss, random 4x/8x
+training masks, batch 4) is trained on textured phantoms to step
+``warmup``; then, at each of several sites, ``K`` random candidates are
+scored in one statistics pass on ``growth_batches`` training batches, by
+
+* ``grad_norm``: the gradient norm of the candidate's zero fan-out (the
+  score ``sample_select`` and GradMax use);
+* ``optimizer``: ``sum G**2 / sqrt(s)``, ``s`` the second moment the
+  optimizer will give the new slice (``--candidate-score optimizer``);
+* ``l1``: ``||G||_1`` (what a pure sign step would realise).
+
+Each candidate is then added alone (zero fan-out, ``grad`` seeding, the
+default 80-step update ramp) to a copy of the network and its optimizer
+and trained for ``horizon`` steps on the same batches as a copy that did not
+grow. The realised decrease of a candidate is the control's loss minus the
+grown copy's, on a fixed set of held-out training batches after
+``horizon`` steps (and the mean over the horizon of the per-step training
+loss difference). Reported per (seed, site): Spearman's rank correlation
+of each score with the realised decrease over the K candidates, and the
+realised decrease of the candidate each score would keep, against the
+mean over candidates (what ``random`` keeps on average) and the best.
+
+Usage::
+
+    python -m benchmarks.realised            # the full run (minutes)
+    python -m benchmarks.realised --quick    # seconds, same code path
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import torch
+from torch.nn import functional as F
+
+from . import common, training
+
+FULL = {"data": {"train": 20, "val": 1, "num_slices": 8, "recon_size": 64, "phantom": "textured"},
+        "chans": 4, "pools": 3, "batch": 4, "warmup": 150, "horizon": 150, "candidates": 8,
+        "growth_batches": 8, "held_out": 8, "seeds": (0, 1, 2),
+        "sites": ("down_1:1", "bottleneck:0", "up_0:1", "up_2:t")}
+QUICK = {"data": {"train": 1, "val": 1, "num_slices": 4, "recon_size": 32, "phantom": "textured"},
+         "chans": 2, "pools": 2, "batch": 2, "warmup": 3, "horizon": 3, "candidates": 3,
+         "growth_batches": 2, "held_out": 2, "seeds": (0,), "sites": ("down_1:1", "up_0:t")}
+SCORES = ("grad_norm", "optimizer", "l1")
+RAMP_STEPS = 80
+
+
+def _batches(knee: Path, seed: int, batch: int):
+    """An endless stream of training batches (image, target), fastMRI's transform and masks."""
+    dm = training.data_module(knee, seed, batch_size=batch)
+    dm.setup("fit")  # harmless where the data module builds its sets lazily
+    loader = dm.train_dataloader()
+    gen = torch.Generator().manual_seed(seed)
+    while True:
+        torch.manual_seed(int(torch.randint(0, 2 ** 31, (1,), generator=gen)))
+        for b in loader:
+            yield (b.image.unsqueeze(1), b.target.unsqueeze(1))
+
+
+def _loss(net, b):
+    return F.l1_loss(net(b[0]), b[1])
+
+
+def _train(net, opt, batches, ramp=None):
+    """Train on ``batches``; returns the per-step losses. ``ramp``: (UpdateRamp, names)."""
+    losses = []
+    for b in batches:
+        opt.zero_grad()
+        loss = _loss(net, b)
+        loss.backward()
+        params = dict(net.named_parameters())
+        before = ramp.snapshot(params) if ramp is not None else None
+        opt.step()
+        if ramp is not None:
+            ramp.after_step(params, before, epoch=0)
+        losses.append(float(loss.detach()))
+    return losses
+
+
+def _held_out_loss(net, batches) -> float:
+    with torch.no_grad():
+        return sum(float(_loss(net, b)) for b in batches) / len(batches)
+
+
+def spearman(a: Sequence[float], b: Sequence[float]) -> float:
+    """Spearman's rank correlation (ties get the mean rank)."""
+    def ranks(x):
+        order = sorted(range(len(x)), key=lambda i: x[i])
+        r = [0.0] * len(x)
+        i = 0
+        while i < len(x):
+            j = i
+            while j + 1 < len(x) and x[order[j + 1]] == x[order[i]]:
+                j += 1
+            for k in range(i, j + 1):
+                r[order[k]] = (i + j) / 2
+            i = j + 1
+        return r
+    ra, rb = ranks(list(a)), ranks(list(b))
+    ma, mb = statistics.fmean(ra), statistics.fmean(rb)
+    num = sum((x - ma) * (y - mb) for x, y in zip(ra, rb))
+    den = (sum((x - ma) ** 2 for x in ra) * sum((y - mb) ** 2 for y in rb)) ** 0.5
+    return num / den if den else float("nan")
+
+
+def one_site(net, opt, site, cfg, stream_batches, scoring, held_out, seed) -> dict:
+    """Score K candidates at ``site``, then add each alone and train: their realised decreases."""
+    from fastmri_growth.growth import Site, generate_candidates, grow
+    from fastmri_growth.growth.optim import preconditioner_for, remap_optimizer_state
+    from fastmri_growth.growth.ramp import UpdateRamp
+    from fastmri_growth.growth.statistics import collect, precondition
+
+    layer, conv = site.split(":")
+    s = Site(layer, "t" if conv == "t" else int(conv))
+    spec = net.site_spec(s)
+    cands = generate_candidates(spec, cfg["candidates"], torch.Generator().manual_seed(seed))
+    stats = collect(net, [spec], scoring, lambda b: _loss(net, b), candidates={s: cands})
+    st = stats.sites[s]
+    scores = {"grad_norm": st.scores().tolist(),
+              "l1": sum(g.flatten(1).abs().sum(1) for g in st.fan_out_grads).tolist()}
+    precondition(stats, [spec], preconditioner_for(opt, "grad"))
+    scores["optimizer"] = st.scores().tolist()
+
+    control_net, control_opt = copy.deepcopy((net, opt))
+    control = _train(control_net, control_opt, stream_batches)
+    control_end = _held_out_loss(control_net, held_out)
+    realised, realised_mean_step = [], []
+    for k in range(cfg["candidates"]):
+        n, o = copy.deepcopy((net, opt))
+        reports = grow(n, [s], "sample_select", scoring, lambda b, n=n: _loss(n, b),
+                       candidates={s: cands[k:k + 1]})
+        changes = reports[0].changes
+        remap_optimizer_state(o, changes, seeding="grad")
+        ramp = UpdateRamp(RAMP_STEPS)
+        ramp.grown(changes, {id(p): name for name, p in n.named_parameters()}, epoch=0)
+        losses = _train(n, o, stream_batches, ramp)
+        realised.append(control_end - _held_out_loss(n, held_out))
+        realised_mean_step.append(statistics.fmean(c - x for c, x in zip(control, losses)))
+    mean_realised = statistics.fmean(realised)
+    out = {"site": site, "realised": realised, "realised_mean_step": realised_mean_step,
+           "scores": scores, "mean": mean_realised, "best": max(realised)}
+    for name in SCORES:
+        kept = max(range(len(realised)), key=lambda i: scores[name][i])
+        out[f"spearman_{name}"] = spearman(scores[name], realised)
+        out[f"spearman_step_{name}"] = spearman(scores[name], realised_mean_step)
+        out[f"kept_{name}"] = realised[kept]
+    return out
+
+
+def run(workdir: Path, quick: bool = False, cfg: Optional[dict] = None) -> dict:
+    """The benchmark at ``cfg`` (default: FULL, or QUICK with ``quick``)."""
+    from itertools import islice
+
+    from fastmri_growth.models.dynamic_unet import DynamicUnet
+
+    cfg = dict(cfg or (QUICK if quick else FULL))
+    knee = training.make_data(Path(workdir) / "realised_data", cfg["data"])
+    start = time.perf_counter()
+    rows = []
+    for seed in cfg["seeds"]:
+        stream = _batches(knee, seed, cfg["batch"])
+        torch.manual_seed(seed)
+        net = DynamicUnet(1, 1, chans=cfg["chans"], num_pool_layers=cfg["pools"], drop_prob=0.0)
+        opt = torch.optim.RMSprop(net.parameters(), lr=1e-3)
+        _train(net, opt, list(islice(stream, cfg["warmup"])))
+        held_out = list(islice(stream, cfg["held_out"]))
+        for site in cfg["sites"]:
+            scoring = list(islice(stream, cfg["growth_batches"]))
+            ahead = list(islice(stream, cfg["horizon"]))
+            row = one_site(net, opt, site, cfg, ahead, scoring, held_out, seed)
+            row["seed"] = seed
+            rows.append(row)
+    summary = {}
+    for name in SCORES:
+        rho = [r[f"spearman_{name}"] for r in rows]
+        rho_step = [r[f"spearman_step_{name}"] for r in rows]
+        gain = [r[f"kept_{name}"] - r["mean"] for r in rows]
+        summary[name] = {"spearman_mean": statistics.fmean(rho),
+                         "spearman_step_mean": statistics.fmean(rho_step),
+                         "kept_minus_random_mean": statistics.fmean(gain),
+                         "kept_beats_random": sum(g > 0 for g in gain), "cases": len(rows)}
+    return {"config": {k: v for k, v in cfg.items()}, "rows": rows, "summary": summary,
+            "seconds": time.perf_counter() - start, "machine": common.machine()}
+
+
+def table(res: dict) -> str:
+    """Markdown: per score, rank correlation with the realised decrease and what it keeps."""
+    cfg = res["config"]
+    lines = [
+        f"U-Net chans {cfg['chans']}, {cfg['pools']} pools, textured phantoms "
+        f"{cfg['data']['recon_size']}x{cfg['data']['recon_size']}, RMSprop lr 1e-3, L1, batch "
+        f"{cfg['batch']}; trained {cfg['warmup']} steps, then at each site {cfg['candidates']} "
+        f"candidates scored on {cfg['growth_batches']} batches, each added alone (zero fan-out, "
+        f"grad seeding, {RAMP_STEPS}-step ramp) and trained {cfg['horizon']} steps beside a "
+        f"control on the same batches; realised decrease = control minus grown held-out L1 "
+        f"({cfg['held_out']} batches). Sites {', '.join(cfg['sites'])}; seeds "
+        f"{', '.join(map(str, cfg['seeds']))}; {len(res['rows'])} cases; "
+        f"{res['seconds']:.0f} s.",
+        "",
+        "| score | Spearman with realised (held-out, mean) | Spearman with mean per-step "
+        "decrease | kept minus mean candidate (x1e-4 L1) | kept beats mean candidate |",
+        "|---|---|---|---|---|",
+    ]
+    for name in SCORES:
+        s = res["summary"][name]
+        lines.append(f"| {name} | {s['spearman_mean']:+.2f} | {s['spearman_step_mean']:+.2f} | "
+                     f"{1e4 * s['kept_minus_random_mean']:+.2f} | "
+                     f"{s['kept_beats_random']} of {s['cases']} |")
+    best = statistics.fmean(r["best"] - r["mean"] for r in res["rows"])
+    spread = statistics.fmean(statistics.pstdev(r["realised"]) for r in res["rows"])
+    lines += ["", f"Best candidate minus mean candidate: {1e4 * best:+.2f} x1e-4 L1 (what a "
+                  f"perfect ranking would gain); mean spread (std) of the realised decreases "
+                  f"over candidates: {1e4 * spread:.2f} x1e-4."]
+    return "\n".join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.realised",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--out", type=Path, default=Path("bench_output"))
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    common.set_threads(args.threads)
+    res = run(args.out / "work", quick=args.quick)
+    res["command"] = "python -m benchmarks.realised " + " ".join(argv or sys.argv[1:])
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / ("realised_quick.json" if args.quick else "realised.json")
+    common.write_json(path, res)
+    print(table(res))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
