@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import hashlib
 import io
 import json
@@ -171,6 +172,15 @@ CONFIGS: Dict[str, Config] = {
     "gradmax": _grown("gradmax", "gradmax", decide=True),
     "sample_select_descent": _grown("sample_select, descent", "sample_select",
                                     "--fan_out_init", "descent", decide=True),
+    "sample_select_opt": _grown("sample_select, optimizer score", "sample_select",
+                                "--candidate_score", "optimizer", decide=True),
+    # The auto schedule from chans 4 with no target: it decides when to stop.
+    "auto": Config("auto schedule (no target)", flags=(
+        "--growth_method", "sample_select", "--candidate_score", "optimizer",
+        "--growth_schedule", "auto", "--growth_start_epoch", "1", "--growth_interval", "2")),
+    "auto_random": Config("auto schedule (no target), random filters", flags=(
+        "--growth_method", "random", "--growth_schedule", "auto", "--growth_start_epoch", "1",
+        "--growth_interval", "2")),
     "random_descent": _grown("random, descent", "random", "--fan_out_init", "descent",
                              decide=True),
     "gradmax_descent": _grown("gradmax, descent", "gradmax", "--fan_out_init", "descent",
@@ -465,6 +475,46 @@ def step_recorder(side: int):
     return StepRecorder()
 
 
+def anytime_evaluator(rec, epochs: Sequence[int], val_dir: Path, work: Path):
+    """A Callback evaluating the network (as :func:`evaluate`) at the end of ``epochs``.
+
+    Each point holds the epoch, the cumulative FLOPs so far (training plus
+    growth and pruning) and the metrics. The evaluation runs on a copy of
+    the network with every random state saved and restored, so the run
+    trains exactly as it would without it; with a learning-rate schedule that
+    does not depend on ``max_epochs`` (StepLR), a fixed network's point at
+    epoch ``e`` is that network trained for ``e + 1`` epochs.
+    """
+    import copy
+    import random
+
+    import numpy as np
+    import pytorch_lightning as pl
+
+    class Anytime(pl.Callback):
+        def __init__(self):
+            self.points: List[dict] = []
+
+        def on_train_epoch_end(self, trainer, module):
+            epoch = trainer.current_epoch
+            if epoch not in epochs:
+                return
+            states = (torch.get_rng_state(), np.random.get_state(), random.getstate())
+            cb = module.growth_callback
+            flops = sum(e["train_flops"] for e in rec.epochs) + cb.flops["growth"] + \
+                cb.flops["prune"]
+            net = copy.deepcopy(module.growable_net())
+            metrics = evaluate(net, val_dir, Path(work) / f"epoch_{epoch}")
+            shutil.rmtree(Path(work) / f"epoch_{epoch}", ignore_errors=True)
+            torch.set_rng_state(states[0])
+            np.random.set_state(states[1])
+            random.setstate(states[2])
+            self.points.append({"epoch": int(epoch), "total_flops": int(flops),
+                                "params": int(net.num_parameters()), "metrics": metrics})
+
+    return Anytime()
+
+
 def _run_paths(out: Path, regime_name: str, name: str, seed: int) -> Path:
     return Path(out) / "quality_runs" / regime_name / f"{name}_s{seed}.json"
 
@@ -502,10 +552,14 @@ def train_one(spec: dict) -> dict:
         dm.train_transform.mask_func.rng = np.random.RandomState(seed)
         pl.seed_everything(seed, verbose=False)  # data order, the same for every width
         rec = step_recorder(side)
+        callbacks = [rec]
+        if spec.get("anytime_epochs"):
+            callbacks.append(anytime_evaluator(rec, spec["anytime_epochs"], Path(spec["val_dir"]),
+                                               scratch / "anytime"))
         trainer = pl.Trainer(
             accelerator="cpu", devices=1, max_epochs=args.max_epochs, logger=False,
             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-            num_sanity_val_steps=0, limit_val_batches=0, deterministic=True, callbacks=[rec],
+            num_sanity_val_steps=0, limit_val_batches=0, deterministic=True, callbacks=callbacks,
             default_root_dir=str(scratch / "run"))
         start = time.perf_counter()
         # The growth callback prints each event; the record keeps them instead.
@@ -534,6 +588,8 @@ def train_one(spec: dict) -> dict:
         "events": cb.events,
         "epochs": rec.epochs, "losses": [round(x, 6) for x in rec.losses],
         "steps_per_epoch": spec["regime_spec"]["steps_per_epoch"],
+        "anytime": callbacks[1].points if len(callbacks) > 1 else [],
+        "auto_decisions": copy.deepcopy(cb.schedule.state.get("auto", [])),
     }
     common.write_json(Path(spec["out_file"]), record)
     return record

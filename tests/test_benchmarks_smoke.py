@@ -282,3 +282,57 @@ def test_diversity_kept_scores_are_the_engines_scores():
     corr, dead = diversity.correlations(torch.cat([feats, torch.ones(1, 50)]))
     assert corr[2, 0] == pytest.approx(1.0) and dead.tolist() == [False, False, False, True]
     assert corr[3].abs().sum() == 0
+
+
+def test_realised_structure(tmp_path):
+    from benchmarks import realised
+
+    res = realised.run(tmp_path, quick=True)
+    assert len(res["rows"]) == len(realised.QUICK["sites"]) * len(realised.QUICK["seeds"])
+    for row in res["rows"]:
+        assert len(row["realised"]) == realised.QUICK["candidates"]
+        assert set(row["scores"]) == set(realised.SCORES)
+        # The kept candidate is the argmax of each score, its decrease one of the realised.
+        for name in realised.SCORES:
+            assert row[f"kept_{name}"] in row["realised"]
+    assert realised.spearman([1, 2, 3], [10, 20, 30]) == pytest.approx(1.0)
+    assert realised.spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    assert "| optimizer |" in realised.table(res)
+
+
+def test_growth_pays_structure(tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from benchmarks import growth_pays
+
+    tiny = replace(growth_pays.QUICK_REGIMES["textured_quick"], epochs=3, seeds_decide=(0,),
+                   seeds_other=(0,), configs=("fixed_c4", "random"))
+    monkeypatch.setattr(growth_pays, "QUICK_REGIMES", {"tiny": tiny})
+    res = growth_pays.run(tmp_path, quick=True, log=lambda line: None)
+    by = {r["config"]: r for r in res["runs"]}
+    large = by["fixed_c4"]
+    # The large run is evaluated on the way; its points' FLOPs grow with the epochs.
+    assert [p["epoch"] for p in large["anytime"]] == list(growth_pays.QUICK_ANYTIME)
+    flops = [p["total_flops"] for p in large["anytime"]]
+    assert flops == sorted(flops) and len(set(flops)) == len(flops)
+    # Epoch 2 is the last: its point is the finished run.
+    assert flops[-1] == large["total_flops"]
+    assert large["anytime"][-1]["metrics"] == large["metrics"]
+    matched = growth_pays.flop_matched(by["random"], large)
+    assert min(abs(f - by["random"]["total_flops"]) for f in flops) == \
+        abs(matched["total_flops"] - by["random"]["total_flops"])
+    rep = res["report"]["tiny"]
+    assert "random - fixed_c4 at equal FLOPs" in rep["paired"]
+    assert "**tiny**" in growth_pays.table(res)
+    # Resumable: a second call runs nothing.
+    again = growth_pays.run(tmp_path, quick=True, log=lambda line: None)
+    assert len(again["runs"]) == 2
+    # A point on the way is the network trained for that many epochs: the
+    # evaluation leaves the training as it was.
+    short = replace(tiny, epochs=2, configs=("fixed_c4",))
+    monkeypatch.setattr(growth_pays, "QUICK_REGIMES", {"short": short})
+    monkeypatch.setattr(growth_pays, "QUICK_ANYTIME", ())
+    (two,) = growth_pays.run(tmp_path, quick=True, log=lambda line: None)["runs"]
+    at_1 = next(p for p in large["anytime"] if p["epoch"] == 1)
+    assert two["metrics"] == at_1["metrics"]
+    assert two["total_flops"] == at_1["total_flops"]
