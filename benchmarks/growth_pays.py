@@ -89,8 +89,13 @@ def _path(out: Path, regime: str, name: str, seed: int) -> Path:
 
 def run(out: Path, quick: bool = False, regimes: Optional[Sequence[str]] = None, jobs: int = 1,
         threads: int = 1, command: str = "python -m benchmarks.growth_pays",
-        log=print) -> dict:
-    """Every run without an up-to-date record, then the aggregate (:func:`aggregate`)."""
+        log=print, configs: Optional[Sequence[str]] = None,
+        seeds: Optional[Sequence[int]] = None) -> dict:
+    """Every run without an up-to-date record, then the aggregate (:func:`aggregate`).
+
+    ``configs`` and ``seeds`` restrict what is run now (records of other
+    runs already written are still aggregated).
+    """
     table = QUICK_REGIMES if quick else REGIMES
     names = list(regimes or table)
     bad = [r for r in names if r not in table]
@@ -105,6 +110,12 @@ def run(out: Path, quick: bool = False, regimes: Optional[Sequence[str]] = None,
         knee = quality.make_data(work / f"growth_pays_data_{rname}", regime)
         for seed in regime.seeds_decide:
             for name in regime.configs:
+                path = _path(out, rname, name, seed)
+                wanted = (configs is None or name in configs) and (seeds is None or seed in seeds)
+                if not wanted:
+                    if path.is_file():
+                        records.append(json.loads(path.read_text()))
+                    continue
                 flags = quality.flags_of(regime, name, seed, quick)
                 anytime = list(QUICK_ANYTIME if quick else
                                (ANYTIME_LARGE if name == large else ANYTIME))
@@ -276,6 +287,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--regimes", nargs="+", default=None)
+    parser.add_argument("--configs", nargs="+", default=None, choices=list(CONFIGS) + [
+        "fixed_c2"], help="run only these configurations now")
+    parser.add_argument("--seeds", nargs="+", type=int, default=None,
+                        help="run only these seeds now")
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("bench_output"))
@@ -285,7 +300,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     command = "python -m benchmarks.growth_pays " + " ".join(
         shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     res = run(args.out, quick=args.quick, regimes=args.regimes, jobs=args.jobs,
-              threads=args.threads, command=command.strip())
+              threads=args.threads, command=command.strip(), configs=args.configs,
+              seeds=args.seeds)
     path = Path(args.out) / ("growth_pays_quick.json" if args.quick else "growth_pays.json")
     common.write_json(path, {k: v for k, v in res.items() if k != "runs"})
     print(table(res))
