@@ -277,8 +277,9 @@ def test_a_checkpoint_without_its_challenge_warns_and_tests(trained, data, tmp_p
 
 
 BAD_FLAGS = [
-    (["--lr", "-1"], "--lr must be a finite float > 0, got -1.0"),
-    (["--lr", "0"], "--lr must be a finite float > 0, got 0.0"),
+    (["--lr", "-1"], "--lr must be a finite float >= 0, got -1.0"),
+    (["--lr", "nan"], "--lr must be a finite float >= 0, got nan"),
+    (["--lr_gamma", "0"], "--lr_gamma must be a finite float > 0, got 0.0"),
     (["--weight_decay", "-1"], "--weight_decay must be a finite float >= 0, got -1.0"),
     (["--batch_size", "0"], "--batch_size must be an int >= 1, got 0"),
     (["--num_workers", "-1"], "--num_workers must be an int >= 0, got -1"),

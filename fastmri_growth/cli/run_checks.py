@@ -219,6 +219,10 @@ def adopt_checkpoint_options(args: argparse.Namespace, ckpt_path: Path, loaded: 
             adopted.append((name, current, value))
             setattr(args, name, value)
     if diff:
+        # A value the module rejects anyway is reported as such, not as a difference.
+        from fastmri_growth.cli.train_setup import build_module
+
+        build_module(args)
         has = ", ".join(f"{k}={_flag_value(stored[k])}" for k in diff)
         got = ", ".join(f"{_flag_name(k)} is {_flag_value(getattr(args, k))}" for k in diff)
         fix = " ".join(f"{_flag_name(k)} {_flag_value(stored[k])}" for k in diff)

@@ -194,7 +194,7 @@ def _probability(name: str, value: Any) -> Optional[str]:
 #: take any value and fail later: a ZeroDivisionError after an epoch
 #: (``--lr_step_size 0``), a U-Net built with no layers (``--num_pool_layers -1``).
 FLAG_CHECKS = {
-    "lr": _positive_float,
+    "lr": float_at_least(0.0),  # 0 keeps the weights (a test of the data path, say)
     "weight_decay": float_at_least(0.0),
     "lr_gamma": _positive_float,
     "lr_step_size": int_at_least(1),
