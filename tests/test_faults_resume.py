@@ -334,6 +334,17 @@ def test_n_candidates_beyond_memory_is_refused_with_the_estimate(data, tmp_path,
     assert train_checks.scoring_memory(args)[0] <= 2 * 2**30
 
 
+def test_processes_need_volumes_only_where_validation_runs(data):
+    from fastmri_growth.cli.train_parser import parse_args
+
+    flags = ["--data_path", str(data), "--devices", "3", "--strategy", "ddp"]
+    with pytest.raises(train_checks.UsageError, match="holds 2 validation volume"):
+        train_checks.check_processes_have_volumes(parse_args(flags))
+    train_checks.check_processes_have_volumes(parse_args(flags + ["--limit_val_batches", "0"]))
+    assert train_checks.requested_processes(parse_args(["--devices", "0,1", "--num_nodes", "2"])) == 4
+    assert train_checks.requested_processes(parse_args(["--devices", "-1"])) is None
+
+
 # ----------------------------------------------------------------- DDP resume
 
 

@@ -272,6 +272,8 @@ def check_processes_have_volumes(args: argparse.Namespace) -> None:
     processes = requested_processes(args)
     if processes is None or processes < 2:
         return
+    if args.mode == "train" and args.limit_val_batches == 0:
+        return  # no validation loader is built
     from fastmri_growth.cli.data_checks import data_folders
 
     split = "val" if args.mode == "train" else "test"
@@ -340,10 +342,10 @@ def scoring_memory(args: argparse.Namespace) -> Optional[tuple]:
 
 
 def machine_memory(args: argparse.Namespace) -> Optional[tuple]:
-    """``(bytes, what)`` of the memory growth would score in (None: not known).
+    """``(bytes, what)`` of the memory one process would score growth in (None: not known).
 
     The first GPU's total memory when the run uses CUDA, else the memory
-    available to new processes (``MemAvailable``).
+    available to new processes (``MemAvailable``) shared by the run's processes.
     """
     import torch
 
@@ -359,7 +361,12 @@ def machine_memory(args: argparse.Namespace) -> Optional[tuple]:
         with open("/proc/meminfo") as f:
             for line in f:
                 if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024, "the memory available on this machine"
+                    # Every process of the run scores in this memory at once.
+                    processes = requested_processes(args) or 1
+                    share = int(line.split()[1]) * 1024 // processes
+                    what = "the memory available on this machine" + (
+                        f", shared by {processes} processes," if processes > 1 else "")
+                    return share, what
     except OSError:
         pass
     return None
