@@ -1,9 +1,10 @@
 """Checks of the training command's checkpoints and run folder, before anything is written.
 
 Which checkpoint a run resumes or tests (the newest usable one by default,
-``--ckpt``), whether a resumed run is already finished, the ``--init-from``
-weights, and whether the run folder is writable and has room for the
-checkpoints. Each check raises :class:`~fastmri_growth.cli.common.UsageError`
+``--ckpt``), what a resumed run keeps from it (its module options, its
+challenge, its growth state), whether a resumed run is already finished,
+the ``--init-from`` weights, and whether the run folder is writable and has
+room for the checkpoints. Each check raises :class:`~fastmri_growth.cli.common.UsageError`
 with a message naming the fix; none writes a file.
 """
 from __future__ import annotations
@@ -86,8 +87,10 @@ def resolve_checkpoint(args: argparse.Namespace) -> Optional[Path]:
 
     Raises:
         UsageError: ``--ckpt_path`` does not exist or is broken, test mode
-            finds no checkpoint, the checkpoint holds the other model type, or
-            (training) it was built with other architecture flags.
+            finds no checkpoint, the checkpoint holds the other model type or
+            was trained on the other challenge, or (training) a given module
+            flag differs from it (:func:`adopt_checkpoint_options`) or it lacks
+            the growth schedule's state (:func:`check_growth_state`).
     """
     _check_ckpt_flags(args)
     checkpoint_dir = args.default_root_dir / "checkpoints"

@@ -1,11 +1,13 @@
 """Checks of the training command's arguments: everything here runs before any file is written.
 
 :func:`validate_args` resolves the default paths (``fastmri_dirs.yaml`` as
-fastMRI's demo reads it), checks the mask and sample-rate flags, growth
-flags the chosen schedule, method or prune schedule would ignore, the data
-folders, the run folder (writable), the checkpoint to resume or test (the
-newest usable one by default), the ``--init-from`` weights, and the
-pooling depth against the data's image size, and raises
+fastMRI's demo reads it), checks the numbers the module, optimizer and
+data loaders take, the mask and sample-rate flags, growth flags the chosen
+schedule, method or prune schedule would ignore, the data folders, the run
+folder (writable), the checkpoint to resume or test (the newest usable one
+by default), the ``--init-from`` weights, the pooling depth against the
+data's image size, the DDP processes against the validation volumes and
+growth's scoring memory against the machine's, and raises
 :class:`~fastmri_growth.cli.common.UsageError` with a message naming the
 fix. It reads files and writes none.
 :func:`~fastmri_growth.cli.run_checks.check_free_space` and
@@ -22,7 +24,6 @@ import argparse
 from typing import Any, List, Optional
 
 from fastmri_growth.cli.common import UsageError
-from fastmri_growth.growth.checks import float_at_least, int_at_least
 from fastmri_growth.cli.data_checks import (
     check_data,
     check_mask_args,
@@ -38,6 +39,7 @@ from fastmri_growth.cli.run_checks import (
     check_root_dir,
     resolve_checkpoint,
 )
+from fastmri_growth.growth.checks import float_at_least, int_at_least
 from fastmri_growth.pl_modules.model_types import GROWING_MODEL_TYPES
 
 
