@@ -285,28 +285,6 @@ def _varnet_shapes(state: Dict[str, Any], model_type: Optional[str]) -> Dict[str
     return found
 
 
-def check_architecture(args: argparse.Namespace, ckpt_path: Path, ckpt: Any) -> None:
-    """Refuse to resume a checkpoint built with other architecture flags.
-
-    Lightning would fail inside ``fit`` (a size mismatch while loading the
-    state dict) with a traceback; this names the flags to pass instead.
-
-    Raises:
-        UsageError: a flag of :func:`architecture_args` differs from the checkpoint.
-    """
-    stored = stored_architecture(ckpt)
-    diff = [k for k in architecture_args(args.model_type)
-            if k in stored and getattr(args, k, stored[k]) != stored[k]]
-    if diff:
-        has = ", ".join(f"{k}={stored[k]}" for k in diff)
-        given = ", ".join(f"--{k} is {getattr(args, k)}" for k in diff)
-        fix = " ".join(f"--{k} {stored[k]}" for k in diff)
-        raise UsageError(
-            f"checkpoint {ckpt_path} has {has} but {given}; pass {fix} to resume it, "
-            "or a new --default_root_dir"
-        )
-
-
 # ---------------------------------------------------------------------------
 # the network against the data
 # ---------------------------------------------------------------------------

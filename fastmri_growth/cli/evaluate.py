@@ -223,6 +223,31 @@ def _check_leaderboard_data(args) -> Path:
     return split
 
 
+def _check_checkpoint_challenge(checkpoint: Path, challenge: str) -> None:
+    """The checkpoint was trained on the challenge it is evaluated on (warns when unknown).
+
+    Raises:
+        EvaluationError: its recorded (or inferred) challenge is the other one.
+    """
+    import torch
+
+    from fastmri_growth.pl_modules.model_types import checkpoint_challenge
+
+    try:
+        loaded = torch.load(checkpoint, map_location="cpu", mmap=True, weights_only=False)
+    except Exception:  # unreadable: _load_network reports it
+        return
+    stored, how = checkpoint_challenge(loaded)
+    if stored is None:
+        print(f"fastmri-growth-eval: warning: checkpoint {checkpoint} does not record the "
+              f"challenge it was trained on (written by an older version); taking it for "
+              f"{challenge} as --challenge says", file=sys.stderr)
+    elif stored != challenge:
+        raise EvaluationError(
+            f"checkpoint {checkpoint} was trained on {stored} data ({how}) but --challenge is "
+            f"{challenge}; pass --challenge {stored} and a {stored} val split")
+
+
 def _check_network_fits(network, split: Path, challenge: str) -> None:
     """A U-Net's pooling depth against the images of the split's first file."""
     from fastmri_growth.cli.data_checks import _unet_input_size, max_pool_layers
@@ -252,6 +277,7 @@ def _run_leaderboard(args) -> int:
     if not args.checkpoint.is_file():
         raise EvaluationError(f"checkpoint {args.checkpoint} does not exist; pass a .ckpt file")
     split = _check_leaderboard_data(args)
+    _check_checkpoint_challenge(args.checkpoint, args.challenge)
     network = _load_network(args.checkpoint)
     if model_input(network) == "kspace" and args.challenge != "multicoil":
         raise EvaluationError(

@@ -1,9 +1,10 @@
 """Checks of the training command's checkpoints and run folder, before anything is written.
 
 Which checkpoint a run resumes or tests (the newest usable one by default,
-``--ckpt``), whether a resumed run is already finished, the ``--init-from``
-weights, and whether the run folder is writable and has room for the
-checkpoints. Each check raises :class:`~fastmri_growth.cli.common.UsageError`
+``--ckpt``), what a resumed run keeps from it (its module options, its
+challenge, its growth state), whether a resumed run is already finished,
+the ``--init-from`` weights, and whether the run folder is writable and has
+room for the checkpoints. Each check raises :class:`~fastmri_growth.cli.common.UsageError`
 with a message naming the fix; none writes a file.
 """
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Any, Dict, Optional
 
 from fastmri_growth.cli.checkpoints import (
     best_checkpoint_path,
@@ -22,7 +23,7 @@ from fastmri_growth.cli.checkpoints import (
     read_init_weights,
 )
 from fastmri_growth.cli.common import UsageError
-from fastmri_growth.cli.data_checks import check_architecture, model_type_data_defaults
+from fastmri_growth.cli.data_checks import model_type_data_defaults, stored_architecture
 from fastmri_growth.pl_modules.model_types import checkpoint_model_type
 
 
@@ -86,8 +87,10 @@ def resolve_checkpoint(args: argparse.Namespace) -> Optional[Path]:
 
     Raises:
         UsageError: ``--ckpt_path`` does not exist or is broken, test mode
-            finds no checkpoint, the checkpoint holds the other model type, or
-            (training) it was built with other architecture flags.
+            finds no checkpoint, the checkpoint holds the other model type or
+            was trained on the other challenge, or (training) a given module
+            flag differs from it (:func:`adopt_checkpoint_options`) or it lacks
+            the growth schedule's state (:func:`check_growth_state`).
     """
     _check_ckpt_flags(args)
     checkpoint_dir = args.default_root_dir / "checkpoints"
@@ -132,12 +135,154 @@ def resolve_checkpoint(args: argparse.Namespace) -> Optional[Path]:
             f"pass --model-type {stored} to {action} it"
             + (", or a new --default_root_dir" if args.mode == "train" else "")
         )
+    check_checkpoint_challenge(args, ckpt, loaded)
     if args.mode == "train":
-        check_architecture(args, ckpt, loaded)
+        adopt_checkpoint_options(args, ckpt, loaded)
+        check_growth_state(args, ckpt, loaded)
         args.resume_epoch = next_epoch(loaded)
         growth_state = ((loaded.get("callbacks") or {}).get("GrowthCallback") or {})
         args.resumed_events = len((growth_state.get("schedule") or {}).get("grown_epochs", []))
     return ckpt
+
+
+# ---------------------------------------------------------------------------
+# what a resumed run keeps from its checkpoint
+# ---------------------------------------------------------------------------
+
+_MISSING = object()
+
+
+def _plain_value(value: Any) -> Any:
+    """A flag's value in a form that compares equal to the checkpoint's (tuples as lists)."""
+    if isinstance(value, (list, tuple)):
+        return [_plain_value(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _flag_name(name: str) -> str:
+    """The flag of a module option as ``--help`` shows it (growth flags hyphenated)."""
+    from fastmri_growth.growth.config import option_names, spellings
+
+    return spellings(name)[0] if name in option_names() else f"--{name}"
+
+
+def _flag_value(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return " ".join(str(v) for v in value)
+    return str(value)
+
+
+def checkpoint_options(args: argparse.Namespace, loaded: Any) -> Dict[str, Any]:
+    """The module options a checkpoint was trained with, by argparse destination.
+
+    The architecture (:func:`~fastmri_growth.cli.data_checks.stored_architecture`,
+    which falls back on the weights' shapes), then every other constructor
+    argument of the run's module class recorded in ``hyper_parameters``
+    (optimizer, dropout, growth options). Options a checkpoint of an older
+    version did not record are left out.
+    """
+    from fastmri_growth.cli.train_parser import model_arg_names, module_class
+
+    stored: Dict[str, Any] = dict(stored_architecture(loaded))
+    hparams = (loaded.get("hyper_parameters") or {}) if isinstance(loaded, dict) else {}
+    for name in model_arg_names(module_class(args.model_type)):
+        if name in hparams and name not in stored:
+            stored[name] = hparams[name]
+    return stored
+
+
+def adopt_checkpoint_options(args: argparse.Namespace, ckpt_path: Path, loaded: Any) -> None:
+    """The resume rule: the checkpoint's module options win, a differing flag is refused.
+
+    A resumed run continues the run its checkpoint holds: its architecture,
+    optimizer (``--lr``, ``--weight_decay``, ``--lr_step_size``,
+    ``--lr_gamma``; Lightning restores the optimizer's and scheduler's own
+    state from the checkpoint) and growth options are the checkpoint's. A
+    flag left out of the command line takes the checkpoint's value (listed
+    in ``args.checkpoint_notes`` when that is not the flag's default); a flag
+    given with another value is refused. Trainer and data flags
+    (``--max_epochs``, ``--batch_size``, ...) apply as given.
+
+    Raises:
+        UsageError: naming every given flag that differs, the checkpoint's
+            value and the given one.
+    """
+    given = getattr(args, "given_flags", set())
+    stored = checkpoint_options(args, loaded)
+    diff, adopted = [], []
+    for name, value in stored.items():
+        current = getattr(args, name, _MISSING)
+        if current is _MISSING or _plain_value(current) == _plain_value(value):
+            continue
+        if name in given:
+            diff.append(name)
+        else:
+            adopted.append((name, current, value))
+            setattr(args, name, value)
+    if diff:
+        # A value the module rejects anyway is reported as such, not as a difference.
+        from fastmri_growth.cli.train_setup import build_module
+
+        build_module(args)
+        has = ", ".join(f"{k}={_flag_value(stored[k])}" for k in diff)
+        got = ", ".join(f"{_flag_name(k)} is {_flag_value(getattr(args, k))}" for k in diff)
+        fix = " ".join(f"{_flag_name(k)} {_flag_value(stored[k])}" for k in diff)
+        raise UsageError(
+            f"checkpoint {ckpt_path} has {has} but {got}; pass {fix} to resume it, or a new "
+            f"--default_root_dir (a resumed run keeps its checkpoint's architecture, optimizer "
+            f"and growth options; --init-from {ckpt_path} starts a new run from its weights)")
+    if adopted:
+        parts = ", ".join(f"{_flag_name(k)} {_flag_value(v)} (default {_flag_value(d)})"
+                          for k, d, v in adopted)
+        args.checkpoint_notes.append(
+            f"note: resuming {ckpt_path} with its own options: {parts}")
+
+
+def check_growth_state(args: argparse.Namespace, ckpt_path: Path, loaded: Any) -> None:
+    """A growing run resumes only with its growth schedule's state.
+
+    Without it (a checkpoint saved with ``weights_only=True``, or with the
+    growth callback's state removed) the schedule would start over: it would
+    grow again at epochs it already grew and past ``--max-growth-steps``.
+
+    Raises:
+        UsageError: naming the missing state and the way to use the weights.
+    """
+    from fastmri_growth.pl_modules.growth_callback import missing_growth_state
+    from fastmri_growth.pl_modules.model_types import MODEL_TYPES
+
+    spec = MODEL_TYPES.get(args.model_type)
+    if spec is None or not spec.grows:
+        return
+    missing = missing_growth_state(loaded, spec.checkpoint_key)
+    if missing:
+        raise UsageError(
+            f"checkpoint {ckpt_path} has no {missing}: resuming it would start its growth "
+            f"schedule over (growing again, past --max-growth-steps); pass --init-from "
+            f"{ckpt_path} with a new --default_root_dir to train on from its weights")
+
+
+def check_checkpoint_challenge(args: argparse.Namespace, ckpt_path: Path, loaded: Any) -> None:
+    """A checkpoint resumes and tests only under the challenge it was trained on.
+
+    Raises:
+        UsageError: its recorded (or inferred) challenge differs from ``--challenge``.
+    """
+    from fastmri_growth.pl_modules.model_types import checkpoint_challenge
+
+    stored, how = checkpoint_challenge(loaded)
+    if stored is None:
+        args.checkpoint_notes.append(
+            f"warning: checkpoint {ckpt_path} does not record the challenge it was trained on "
+            f"(written by an older version); taking it for {args.challenge} as --challenge says")
+        return
+    if stored != args.challenge:
+        action = "resume" if args.mode == "train" else "test"
+        raise UsageError(
+            f"checkpoint {ckpt_path} was trained on {stored} data ({how}) but --challenge is "
+            f"{args.challenge}; pass --challenge {stored} (and {stored} data) to {action} it")
 
 
 def adopt_checkpoint_model_type(args: argparse.Namespace) -> None:

@@ -164,6 +164,9 @@ class FastMriDataModule(fastmri_pl.FastMriDataModule):
         self.data_path = None if data_path is None else Path(data_path)
         self.test_path = None if test_path is None else Path(test_path)
         self.dataset_cache_file = Path(dataset_cache_file)
+        # Lightning writes these into every checkpoint ("datamodule_hyper_parameters"):
+        # resume, test mode and the leaderboard check a checkpoint's challenge against theirs.
+        self.save_hyperparameters({"challenge": challenge})
 
     def _shard(self) -> bool:
         if self.distributed_sampler is not None:

@@ -136,6 +136,32 @@ def _reduce_fn(trainer):
     return None if trainer is None else (lambda t: trainer.strategy.reduce(t, reduce_op="mean"))
 
 
+#: The key of :class:`GrowthCallback`'s state among a checkpoint's callback states.
+GROWTH_STATE_KEY = "GrowthCallback"
+
+
+def missing_growth_state(checkpoint: Any, module_key: Optional[str] = None) -> Optional[str]:
+    """What growth state a checkpoint of a growing module lacks to resume (None: none).
+
+    Args:
+        checkpoint: A loaded Lightning checkpoint.
+        module_key: The growing module's own checkpoint key (``"dynamic_unet"``),
+            where checkpoints written before growth became a callback kept the
+            schedule (``schedule_state``).
+
+    Returns:
+        A phrase naming the missing state, or None when the schedule's state is there.
+    """
+    if not isinstance(checkpoint, dict):
+        return "growth schedule state (not a checkpoint)"
+    if GROWTH_STATE_KEY in (checkpoint.get("callbacks") or {}):
+        return None
+    info = checkpoint.get(module_key) if module_key else None
+    if isinstance(info, dict) and "schedule_state" in info:
+        return None
+    return f"growth schedule state (callbacks['{GROWTH_STATE_KEY}'])"
+
+
 class GrowthCallback(pl.Callback):
     """Grow a :class:`GrowableModule`'s network as a :class:`GrowthConfig` says.
 
@@ -224,7 +250,7 @@ class GrowthCallback(pl.Callback):
     # ------------------------------------------------------------ state
     @property
     def state_key(self) -> str:
-        return "GrowthCallback"
+        return GROWTH_STATE_KEY
 
     def state_dict(self) -> Dict[str, Any]:
         return {"schedule": copy.deepcopy(self.schedule.state),
@@ -250,6 +276,20 @@ class GrowthCallback(pl.Callback):
     LEGACY_RAMP_KEY = "growth_new_weights"
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint: Dict[str, Any]) -> None:
+        """Refuses to resume training without the schedule's state; reads an old ramp.
+
+        Raises:
+            ValueError: ``trainer.fit(ckpt_path=...)`` of a checkpoint without
+                the growth state (the schedule would start over, growing again
+                and past ``max_growth_steps``).
+        """
+        if trainer is not None and trainer.state.fn == "fit":
+            missing = missing_growth_state(checkpoint, getattr(pl_module, "checkpoint_key", None))
+            if missing:
+                raise ValueError(
+                    f"cannot resume training from a checkpoint without its {missing}: the growth "
+                    "schedule would start over (growing again, past max_growth_steps); load the "
+                    "weights into a new run instead")
         # Lightning calls this before load_state_dict, whose state then wins.
         if self.LEGACY_RAMP_KEY in checkpoint:
             self._ramp_state = checkpoint[self.LEGACY_RAMP_KEY]

@@ -221,3 +221,34 @@ def checkpoint_model_type(ckpt: Any) -> Optional[str]:
         if model_type.grows == grows and any(k.startswith(model_type.state_prefix) for k in keys):
             return model_type.name
     return None
+
+
+#: Where a checkpoint records the challenge its data module read (Lightning's key
+#: for the data module's hyperparameters).
+DATA_HPARAMS_KEY = "datamodule_hyper_parameters"
+
+
+def checkpoint_challenge(ckpt: Any) -> Tuple[Optional[str], str]:
+    """The challenge (``"singlecoil"`` or ``"multicoil"``) a checkpoint was trained on.
+
+    Recorded by :class:`~fastmri_growth.pl_modules.data_module.FastMriDataModule`
+    in the data module's hyperparameters; checkpoints without that record
+    (older versions, or training without the data module) are inferred from
+    the model type: a VarNet reads multicoil k-space. A U-Net's weights do not
+    say which data it saw.
+
+    Args:
+        ckpt: The object ``torch.load`` returned.
+
+    Returns:
+        ``(challenge, how it is known)``; ``(None, reason)`` when unknown.
+    """
+    if not isinstance(ckpt, dict):
+        return None, "not a checkpoint"
+    recorded = (ckpt.get(DATA_HPARAMS_KEY) or {}).get("challenge")
+    if recorded in ("singlecoil", "multicoil"):
+        return recorded, "recorded in the checkpoint"
+    kind = checkpoint_model_type(ckpt)
+    if kind is not None and MODEL_TYPES[kind].kspace:
+        return "multicoil", f"a {kind} model reads multicoil k-space"
+    return None, "not recorded"

@@ -14,9 +14,14 @@ training run draws from after that point:
   operating system, and with ``num_workers=0`` it draws every training mask.
   It is restored when training starts, once the data loader exists.
 
-Exact only on one process (Lightning stores rank 0's states); with data
-loader workers, fastMRI's ``worker_init_fn`` seeds each worker's masks from
-torch's generator, which is restored.
+Under DDP every rank draws its own masks (and dropout): each rank's states
+are gathered into the checkpoint (``"ranks"``, in rank order; Lightning
+writes rank 0's file) and each rank restores its own, so a resumed DDP run
+repeats the uninterrupted one too. A checkpoint resumed on another number of
+processes (or one written before the states were gathered) gives every rank
+rank 0's states, with a warning. With data loader workers, fastMRI's
+``worker_init_fn`` seeds each worker's masks from torch's generator, which
+is restored.
 """
 from __future__ import annotations
 
@@ -89,7 +94,8 @@ class RngState(pl.Callback):
             return None
         return getattr(loader, "dataset", None)
 
-    def state_dict(self) -> Dict[str, Any]:
+    def _own_state(self) -> Dict[str, Any]:
+        """This process's generators (torch's CPU state as a tensor, the rest plain values)."""
         state = {
             "torch": torch.get_rng_state(),
             "numpy": _plain(np.random.get_state()),
@@ -97,10 +103,43 @@ class RngState(pl.Callback):
             "masks": [_plain(g.get_state()) for g in mask_generators(self._train_dataset())],
         }
         if torch.cuda.is_available() and torch.cuda.is_initialized():
-            state["cuda"] = torch.cuda.get_rng_state_all()
+            state["cuda"] = [s.cpu() for s in torch.cuda.get_rng_state_all()]
         return state
 
+    def _world(self):
+        """``(rank, world size)`` of the running process group ((0, 1) without one)."""
+        dist = torch.distributed
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank(), dist.get_world_size()
+        return 0, 1
+
+    def state_dict(self) -> Dict[str, Any]:
+        """Rank 0's states at the top level, and every rank's under ``"ranks"``.
+
+        Lightning builds the checkpoint on every rank at the same moment, so
+        gathering here is a collective that every rank joins.
+        """
+        own = self._own_state()
+        rank, world = self._world()
+        if world == 1:
+            return dict(own, ranks=[own])
+        gathered: List[Any] = [None] * world
+        torch.distributed.all_gather_object(gathered, own)
+        return dict(gathered[0], ranks=gathered)
+
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        rank, world = self._world()
+        ranks = state_dict.get("ranks")
+        if isinstance(ranks, list) and len(ranks) == world:
+            state_dict = ranks[rank]
+        elif world > 1 or (isinstance(ranks, list) and len(ranks) != world):
+            from pytorch_lightning.utilities import rank_zero_warn
+
+            saved = len(ranks) if isinstance(ranks, list) else "1 (rank 0's only)"
+            rank_zero_warn(
+                f"the checkpoint holds the random states of {saved} process(es) but this run "
+                f"has {world}: every process starts from rank 0's, so the masks drawn from now "
+                "on differ from the uninterrupted run's")
         torch.set_rng_state(state_dict["torch"])
         np.random.set_state(_numpy(state_dict["numpy"]))
         random.setstate(state_dict["python"])
