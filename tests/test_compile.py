@@ -9,6 +9,7 @@ it with eager kernels, so it is fast enough for every test here; one test
 runs inductor itself (it needs a C compiler and about half a minute).
 """
 import copy
+import re
 import shutil
 
 import pytest
@@ -151,3 +152,53 @@ def test_growth_callback_scores_under_compile_equal_eager(tiny_knee_root, tmp_pa
     comp.eval()
     with torch.no_grad():
         torch.testing.assert_close(comp.unet(image), comp.unet.forward(image), rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------------------
+# the training command's --compile
+# ---------------------------------------------------------------------------
+
+CLI_ARGS = ["--challenge", "singlecoil", "--chans", "2", "--num_pool_layers", "2",
+            "--n-candidates", "4", "--layers-to-grow", "down_0:1", "up_1:0",
+            "--growth-start-epoch", "0", "--max_epochs", "1", "--limit_train_batches", "2",
+            "--limit_val_batches", "1", "--accelerator", "cpu", "--devices", "1",
+            "--num_workers", "0", "--enable_progress_bar", "false",
+            "--use_dataset_cache_file", "false"]
+
+
+def _cli(root, knee, capsys, *extra):
+    from fastmri_growth.cli import train
+
+    dynamo.reset()
+    code = train.main(["--data_path", str(knee), "--default_root_dir", str(root),
+                       *CLI_ARGS, *extra])
+    out = capsys.readouterr()
+    assert code == 0, out.err[-3000:]
+    return [line for line in out.out.splitlines() if "Growing" in line]
+
+
+def test_cli_compile_trains_compiled_and_grows_as_eager(tiny_knee_root, tmp_path, capsys):
+    """``--compile --compile-backend aot_eager``: the epoch-0 growth lines (scores and
+    choices) equal the eager run's, the grown net trains compiled, the checkpoint keeps
+    the eager keys and loads, and a bad backend is one line naming the valid ones."""
+    eager = _cli(tmp_path / "eager", tiny_knee_root, capsys)
+    compiled = _cli(tmp_path / "compiled", tiny_knee_root, capsys, "--compile",
+                    "--compile-backend", "aot_eager")
+    assert len(eager) == 2 and compiled == eager, (compiled, eager)
+    scores = [float(v) for v in re.findall(r"\(score ([0-9.e+-]+)\)", " ".join(compiled))]
+    assert len(scores) == 2 and min(scores) > 0  # zero scores were the fault
+    ckpt = torch.load(tmp_path / "compiled" / "checkpoints" / "last.ckpt", map_location="cpu",
+                      weights_only=False)
+    assert not [k for k in ckpt["state_dict"] if "_orig_mod" in k]
+    from fastmri_growth.pl_modules import load_module
+
+    module = load_module(tmp_path / "compiled" / "checkpoints" / "last.ckpt")
+    assert module.unet.get_network_size()["down_0"]["conv2_out"] == 2 + 1
+
+    from fastmri_growth.cli import train_parser
+
+    with pytest.raises(SystemExit) as exc:
+        train_parser.parse_args(["--compile", "--compile-backend", "tvm"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "'tvm'" in err[0] and "aot_eager" in err[0], err

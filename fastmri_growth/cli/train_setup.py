@@ -80,7 +80,23 @@ def prepare_module(args: argparse.Namespace):
     init = getattr(args, "init_weights", None)
     if init is not None:
         apply_init_weights(module, init, args.model_type)
+    if getattr(args, "compile", False):
+        compile_network(module, args.model_type, args.compile_backend)
     return module
+
+
+def compile_network(module, model_type: str, backend: str) -> None:
+    """``--compile``: compile the module's network in place (``nn.Module.compile``).
+
+    In place rather than ``torch.compile(net)``: the network keeps its
+    attribute and its state-dict keys (no ``_orig_mod.``), so checkpoints
+    load with or without ``--compile``. Growth runs its scoring passes
+    eagerly and resets the compiled graphs after every event, so the grown
+    network is what the next step compiles.
+    """
+    from fastmri_growth.pl_modules.model_types import MODEL_TYPES
+
+    getattr(module, MODEL_TYPES[model_type].network_attr).compile(backend=backend)
 
 
 def uses_distributed_sampler(trainer) -> bool:
