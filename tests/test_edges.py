@@ -14,11 +14,15 @@ from fastmri_growth.models import DynamicUnet
 # ---------------------------------------------------------------------------
 
 
-def _script(net):
+def _jit(fn, *args):
     with warnings.catch_warnings():
         # torch 2.10+ deprecates TorchScript (still supported, and what fastMRI users run).
         warnings.simplefilter("ignore", FutureWarning)
-        return torch.jit.script(net)
+        return fn(*args)
+
+
+def _script(net):
+    return _jit(torch.jit.script, net)
 
 
 def test_dynamic_unet_scripts_before_and_after_growth_with_eager_outputs():
@@ -43,9 +47,9 @@ def test_dynamic_unet_scripts_before_and_after_growth_with_eager_outputs():
         torch.testing.assert_close(scripted(x), net(x), rtol=0, atol=0)
     # The scripted copy saves, loads and trains as any TorchScript module.
     buffer = io.BytesIO()
-    torch.jit.save(scripted, buffer)
+    _jit(torch.jit.save, scripted, buffer)
     buffer.seek(0)
-    loaded = torch.jit.load(buffer)
+    loaded = _jit(torch.jit.load, buffer)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), net(x), rtol=0, atol=0)
     F.l1_loss(loaded(x), y).backward()
