@@ -54,3 +54,67 @@ def test_dynamic_unet_scripts_before_and_after_growth_with_eager_outputs():
         torch.testing.assert_close(loaded(x), net(x), rtol=0, atol=0)
     F.l1_loss(loaded(x), y).backward()
     assert all(p.grad is not None for p in loaded.parameters())
+
+
+# ---------------------------------------------------------------------------
+# Lightning's "ambiguous batch_size" warning
+# ---------------------------------------------------------------------------
+
+
+def _fit_warnings(module, loader, root, epochs=3, callbacks=()):
+    """Every warning a short fit emits (Lightning's once-per-process cache cleared first)."""
+    import pytorch_lightning as pl
+    from pytorch_lightning.utilities import data as pl_data
+
+    pl_data.warning_cache.clear()
+    trainer = pl.Trainer(accelerator="cpu", max_epochs=epochs, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, num_sanity_val_steps=0,
+                         limit_train_batches=2, limit_val_batches=0, default_root_dir=str(root),
+                         callbacks=list(callbacks))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(module, loader)
+    return [str(w.message) for w in caught]
+
+
+def test_growth_pruning_and_guard_log_without_the_batch_size_warning(tiny_knee_root, tmp_path):
+    """Growth and pruning events (in a batch hook) and the epoch-end values log with a
+    batch size: a library fit that grows twice and prunes warns nothing about it."""
+    from fastmri_growth.pl_modules import DynamicUnetModule
+    from fastmri_growth.pl_modules.finite_guard import FiniteGuard
+
+    from .fit_helpers import slice_loader
+
+    module = DynamicUnetModule(chans=2, num_pool_layers=2, n_candidates=2,
+                               layers_to_grow=["down_0:1"], prune_schedule="interval",
+                               prune_start_epoch=2, prune_n=1)
+    messages = _fit_warnings(module, slice_loader(tiny_knee_root), tmp_path,
+                             callbacks=[FiniteGuard()])
+    assert module.schedule.state["grown_epochs"] == [1, 2]
+    assert module.growth_callback.pruned_epochs == [2]
+    assert not [m for m in messages if "batch_size" in m], messages
+
+
+def test_depth_growth_logs_without_the_batch_size_warning(tmp_path):
+    """A cascade insertion (and width growth of the VarNet) warns nothing about batch_size."""
+    from fastmri.data import SliceDataset
+    from fastmri.data.subsample import RandomMaskFunc
+    from fastmri.data.transforms import VarNetDataTransform
+    from torch.utils.data import DataLoader
+
+    from fastmri_growth.data import generate_dataset
+    from fastmri_growth.pl_modules import DynamicVarNetModule
+
+    generate_dataset(tmp_path / "data", challenges=("knee_multicoil",), splits=("train",),
+                     num_volumes=1, num_slices=2, recon_size=32, num_coils=(2, 2), seed=0)
+    data = SliceDataset(tmp_path / "data" / "knee" / "multicoil_train", challenge="multicoil",
+                        use_dataset_cache=False,
+                        transform=VarNetDataTransform(RandomMaskFunc([0.08], [4]), use_seed=True))
+    module = DynamicVarNetModule(num_cascades=1, sens_chans=2, sens_pools=1, chans=2, pools=1,
+                                 target_cascades=2, cascade_start_epoch=1, cascade_fade_steps=1,
+                                 growth_method="random", layers_to_grow=["cascade_0/bottleneck:0"],
+                                 growth_start_epoch=1, growth_batches=1)
+    messages = _fit_warnings(module, DataLoader(data, batch_size=1), tmp_path / "run", epochs=2)
+    assert module.varnet.num_cascades == 2
+    assert not [m for m in messages if "batch_size" in m], messages

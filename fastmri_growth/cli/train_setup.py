@@ -156,16 +156,16 @@ def quiet_lightning(args: argparse.Namespace) -> None:
     """Silence the Lightning output that tells the user nothing about their run.
 
     Lightning's advertising tips, a deprecation inside Lightning itself,
-    its guess of the batch size for the growth callback's epoch-level
-    values, and (when ``--log_every_n_steps`` was not given, since it is
-    then fitted to the epoch) the warning about short epochs.
+    and (when ``--log_every_n_steps`` was not given, since it is then
+    fitted to the epoch) the warning about short epochs. (The growth
+    callback gives its logged values a batch size, so Lightning has none
+    to guess.)
     """
     for name in ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero"):
         log = logging.getLogger(name)
         if not any(isinstance(f, _DropTips) for f in log.filters):
             log.addFilter(_DropTips())
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
-    warnings.filterwarnings("ignore", message=r"Trying to infer the `batch_size`")
     if not _given(args, "log_every_n_steps"):
         warnings.filterwarnings(
             "ignore", message=r"The number of training batches .* is smaller than the logging")

@@ -106,6 +106,20 @@ def _widths_total(size) -> int:
     return sum(_widths_total(v) if isinstance(v, dict) else int(v) for v in size.values())
 
 
+def log_epoch_values(pl_module, values: Dict[str, float]) -> None:
+    """Log values that are set once per epoch (sizes, event counts), at epoch level.
+
+    Epoch-level: step-level values would only reach the logger on steps that
+    are multiples of ``log_every_n_steps``. ``batch_size=1``: each value is
+    logged once per epoch, so the weight of its mean does not matter, and
+    Lightning would otherwise guess it from the current batch (growth runs in
+    a batch hook), warning "ambiguous batch_size" after every event.
+    ``sync_dist``: the values are identical on every rank; it only keeps
+    Lightning's DDP check quiet.
+    """
+    pl_module.log_dict(values, on_step=False, on_epoch=True, sync_dist=True, batch_size=1)
+
+
 def _reduce_fn(trainer):
     # Lightning's own reduction: a mean over DDP ranks, identity on one device.
     return None if trainer is None else (lambda t: trainer.strategy.reduce(t, reduce_op="mean"))
@@ -297,14 +311,11 @@ class GrowthCallback(pl.Callback):
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         # After this epoch's growth, so the curve shows the size trained at.
         net = pl_module.growable_net()
-        # Identical on every rank; sync_dist only keeps Lightning's DDP check quiet.
-        pl_module.log("network/params", float(sum(p.numel() for p in net.parameters())),
-                      on_step=False, on_epoch=True, sync_dist=True)
-        pl_module.log("network/filters", float(_widths_total(net.get_network_size())),
-                      on_step=False, on_epoch=True, sync_dist=True)
+        values = {"network/params": float(sum(p.numel() for p in net.parameters())),
+                  "network/filters": float(_widths_total(net.get_network_size()))}
         if isinstance(getattr(net, "num_cascades", None), int):
-            pl_module.log("network/cascades", float(net.num_cascades), on_step=False,
-                          on_epoch=True, sync_dist=True)
+            values["network/cascades"] = float(net.num_cascades)
+        log_epoch_values(pl_module, values)
 
     # ------------------------------------------------------------ events
     def extra_batches(self, trainer: Optional[pl.Trainer], epoch: int) -> List[Any]:
@@ -376,8 +387,6 @@ class GrowthCallback(pl.Callback):
                   f"(+{reports[-1].params_after - reports[0].params_before:,}), growth took "
                   f"{seconds:.2f} s on {len(batches)} scoring batch{plural}")
         if trainer is not None:
-            # Epoch-level: step-level values would only reach the logger on
-            # steps that are multiples of log_every_n_steps.
             logged = {"growth/events": float(self.schedule.events),
                       "growth/filters_added": float(sum(r.n_added for r in reports)),
                       "growth/seconds": float(seconds),
@@ -385,7 +394,7 @@ class GrowthCallback(pl.Callback):
                       "growth/scoring_loss": float(reports[0].loss)}
             if c.fan_out_init == "descent":
                 logged["growth/scoring_loss_after"] = float(reports[0].loss_after)
-            pl_module.log_dict(logged, on_step=False, on_epoch=True, sync_dist=True)
+            log_epoch_values(pl_module, logged)
         hook = getattr(pl_module, "on_growth", None)
         if callable(hook):
             hook(reports)
@@ -427,9 +436,8 @@ class GrowthCallback(pl.Callback):
         line = f"[epoch {epoch}] {report}; fades in over {c.cascade_fade_steps} optimizer steps"
         pl_module.print(line) if trainer is not None else print(line)
         if trainer is not None:
-            pl_module.log_dict({"depth/events": float(len(self.depth.events)),
-                                "depth/params": float(report.params_after)},
-                               on_step=False, on_epoch=True, sync_dist=True)
+            log_epoch_values(pl_module, {"depth/events": float(len(self.depth.events)),
+                                         "depth/params": float(report.params_after)})
         return report
 
     def _refresh_sites(self, net) -> None:
@@ -478,11 +486,11 @@ class GrowthCallback(pl.Callback):
         self._say(trainer, pl_module, epoch, reports,
                   f"(-{reports[0].params_before - reports[-1].params_after:,})")
         if trainer is not None:
-            pl_module.log_dict({
+            log_epoch_values(pl_module, {
                 "prune/events": float(len(self.pruned_epochs)),
                 "prune/filters_removed": float(sum(len(r.removed) for r in reports)),
                 "prune/params": float(reports[-1].params_after),
-            }, on_step=False, on_epoch=True, sync_dist=True)
+            })
         return reports
 
     # ------------------------------------------------------------ helpers
