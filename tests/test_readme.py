@@ -4,8 +4,8 @@ Every python block of the README starts with ``# example: <tag>``. A
 ``print(...)`` statement with a comment on its line claims its output: the
 comment is the printed text (one line), up to an optional explanation after
 a second ``  # ``. In a claim, ``...`` stands for any text, an integer must be
-printed exactly, a float may differ by 1 % (or 1e-6), and ``~X`` means the
-same order of magnitude (X/10 to 10X). Such a print must run exactly once.
+printed exactly, a float may differ by 1 % (a claimed 0 is exact), and ``~X``
+means the same order of magnitude (X/10 to 10X). Such a print must run exactly once.
 The examples run as scripts in which those prints also record their text
 (:func:`instrumented`), and :func:`check_claims` compares.
 """
@@ -136,7 +136,7 @@ def claim_matches(claim, printed):
             w = float(want[1:])
             if not (w / 10 <= abs(got) <= w * 10 if w else got == 0):
                 return False
-        elif not math.isclose(got, float(want), rel_tol=0.01, abs_tol=1e-6):
+        elif not math.isclose(got, float(want), rel_tol=0.01):
             return False
     return True
 
@@ -172,7 +172,7 @@ def test_every_python_block_is_a_tagged_example_that_a_test_runs():
     ("(score 0.02611)", "(score 0.0300)", False),
     ("{'conv1_out': 26, 'conv2_out': 24}", "{'conv1_out': 26, 'conv2_out': 24}", True),
     ("{'conv1_out': 26, 'conv2_out': 24}", "{'conv1_out': 6, 'conv2_out': 18}", False),
-    ("3e-07", "0e+00", True),  # within 1e-6
+    ("3e-07", "0e+00", False), ("0e+00", "0e+00", True), ("0.1312", "0.1313", True),
     ("~3e-06", "3e-07", True), ("~3e-06", "4e-08", False), ("0e+00", "3e-05", False),
     ("Growing sens/down_0 conv2: Selected candidates [...], 4 -> 6 filters",
      "Growing sens/down_0 conv2: Selected candidates [6, 18], 4 -> 6 filters", True),
