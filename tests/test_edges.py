@@ -118,3 +118,82 @@ def test_depth_growth_logs_without_the_batch_size_warning(tmp_path):
     messages = _fit_warnings(module, DataLoader(data, batch_size=1), tmp_path / "run", epochs=2)
     assert module.varnet.num_cascades == 2
     assert not [m for m in messages if "batch_size" in m], messages
+
+
+# ---------------------------------------------------------------------------
+# LightningCLI and the shipped configs
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def knee_both(tmp_path_factory):
+    """``root/knee`` with single- and multi-coil train/val/test: 1 volume of 2 slices, 32 x 32."""
+    from fastmri_growth.data import generate_dataset
+
+    root = tmp_path_factory.mktemp("lightning_cli_data")
+    generate_dataset(root, challenges=("knee_singlecoil", "knee_multicoil"),
+                     splits=("train", "val", "test"), num_volumes=1, num_slices=2,
+                     recon_size=32, num_coils=(2, 2), seed=0)
+    return root / "knee"
+
+
+# Per config: overrides for the test, and what the fit must have built.
+CONFIG_RUNS = {
+    "knee_unet": ([], "UnetModule", "UnetDataTransform"),
+    "knee_grown_unet": (["--model.dict_kwargs.growth_start_epoch", "0"], "DynamicUnetModule",
+                        "UnetDataTransform"),
+    "knee_varnet": (["--model.init_args.num_cascades", "2"], "VarNetModule",
+                    "VarNetDataTransform"),
+}
+
+
+def test_the_shipped_configs_are_the_three_and_name_the_valid_ones():
+    from fastmri_growth import configs
+
+    assert configs.names() == sorted(CONFIG_RUNS)
+    with pytest.raises(ValueError, match=r"no shipped LightningCLI config 'knee'; valid: "
+                                         r"knee_grown_unet, knee_unet, knee_varnet"):
+        configs.path("knee")
+
+
+@pytest.mark.parametrize("name", sorted(CONFIG_RUNS))
+def test_lightning_cli_fits_one_step_from_each_shipped_config(name, knee_both, tmp_path,
+                                                             monkeypatch):
+    """``LightningCLI`` fit, ``fast_dev_run``, from the config as shipped (the data path,
+    no loader workers and no dataset cache file given for the test): one optimizer step
+    of the configured module on the configured transforms; the grown U-Net grows."""
+    pytest.importorskip("jsonargparse", reason="LightningCLI needs the cli extra")
+    from fastmri_growth import configs
+    from fastmri_growth.cli.lightning_cli import main
+
+    monkeypatch.chdir(tmp_path)
+    extra, module_name, transform_name = CONFIG_RUNS[name]
+    cli = main(["fit", "--config", str(configs.path(name)),
+                "--data.init_args.data_path", str(knee_both),
+                "--data.init_args.num_workers", "0",
+                "--data.init_args.use_dataset_cache_file", "false",
+                "--trainer.fast_dev_run", "true", "--trainer.accelerator", "cpu",
+                "--trainer.default_root_dir", str(tmp_path / "run"), *extra])
+    assert cli.trainer.state.finished and cli.trainer.global_step == 1
+    assert type(cli.model).__name__ == module_name
+    assert type(cli.datamodule.train_transform).__name__ == transform_name
+    assert cli.datamodule.train_transform.use_seed is False
+    assert cli.datamodule.val_transform.use_seed is True
+    if name == "knee_grown_unet":
+        assert cli.model.growth_config.growth_schedule == "budget"
+        assert cli.model.growth_reports  # grew at epoch 0, before the one step
+        assert cli.model.unet.chans > 16
+    assert not (tmp_path / "dataset_cache.pkl").exists()
+
+
+def test_lightning_cli_without_jsonargparse_is_one_line_naming_the_extra(monkeypatch, capsys):
+    from fastmri_growth.cli import lightning_cli
+
+    monkeypatch.setattr(lightning_cli, "REQUIREMENT", "jsonargparse[signatures]>=999")
+    with pytest.raises(SystemExit) as exc:
+        lightning_cli.main(["fit", "--help"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["fastmri-growth-lightning: error: LightningCLI needs "
+                   "'jsonargparse[signatures]>=999'; install it with "
+                   "pip install 'fastmri-growth[cli]'"], err
