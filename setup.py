@@ -31,14 +31,20 @@ setup(
         # MNI152 template, dipy's T1 slice, nibabel's example EPI (nibabel
         # also reads the NIfTI files).
         "anatomy": ["nibabel>=4", "nilearn>=0.10", "dipy>=1.7"],
-        "test": ["pytest>=7", "nibabel>=4", "nilearn>=0.10", "dipy>=1.7"],
+        # LightningCLI (fastmri-growth-lightning and the configs in fastmri_growth/configs).
+        "cli": ["jsonargparse[signatures]>=4.27.7"],
+        "test": ["pytest>=7", "nibabel>=4", "nilearn>=0.10", "dipy>=1.7",
+                 "jsonargparse[signatures]>=4.27.7"],
     },
+    # The LightningCLI configs.
+    package_data={"fastmri_growth": ["configs/*.yaml"]},
     entry_points={
         "console_scripts": [
             "fastmri-growth-train=fastmri_growth.cli.train:main",
             "fastmri-growth-eval=fastmri_growth.cli.evaluate:main",
             "fastmri-growth-plot=fastmri_growth.cli.plot:main",
             "fastmri-growth-synth=fastmri_growth.cli.synth:main",
+            "fastmri-growth-lightning=fastmri_growth.cli.lightning_cli:main",
         ]
     },
 )

@@ -167,6 +167,37 @@ def _add_run_args(parser: argparse.ArgumentParser, model_type: str) -> None:
     )
 
 
+#: ``--compile-backend`` choices: inductor (torch.compile's default) and the two
+#: debug backends that trace the same graph but run eager kernels (no C compiler).
+COMPILE_BACKENDS = ("inductor", "aot_eager", "eager")
+
+
+def _add_compile_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("torch.compile")
+    group.add_argument(
+        "--compile",
+        dest="compile",
+        default=False,
+        type=str2bool,
+        nargs="?",
+        const=True,
+        metavar="BOOL",
+        help=(
+            "Train the network compiled with torch.compile (in place: checkpoints keep their "
+            "keys). Growth scores the network eagerly, exactly as without --compile, and "
+            "the grown network is compiled anew"
+        ),
+    )
+    group.add_argument(
+        "--compile-backend",
+        "--compile_backend",
+        dest="compile_backend",
+        default="inductor",
+        choices=COMPILE_BACKENDS,
+        help="torch.compile backend of --compile (inductor on the CPU needs a C compiler)",
+    )
+
+
 def _add_mask_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("k-space mask")
     group.add_argument(
@@ -207,6 +238,7 @@ def build_parser(model_type: str = DEFAULT_MODEL_TYPE) -> argparse.ArgumentParse
     """
     base = argparse.ArgumentParser(add_help=False)
     _add_run_args(base, model_type)
+    _add_compile_args(base)
     _add_mask_args(base)
     base = data_module_class().add_data_specific_args(base)
     # fastMRI's demo: no default test path; data_path is resolved later from

@@ -80,7 +80,23 @@ def prepare_module(args: argparse.Namespace):
     init = getattr(args, "init_weights", None)
     if init is not None:
         apply_init_weights(module, init, args.model_type)
+    if getattr(args, "compile", False):
+        compile_network(module, args.model_type, args.compile_backend)
     return module
+
+
+def compile_network(module, model_type: str, backend: str) -> None:
+    """``--compile``: compile the module's network in place (``nn.Module.compile``).
+
+    In place rather than ``torch.compile(net)``: the network keeps its
+    attribute and its state-dict keys (no ``_orig_mod.``), so checkpoints
+    load with or without ``--compile``. Growth runs its scoring passes
+    eagerly and resets the compiled graphs after every event, so the grown
+    network is what the next step compiles.
+    """
+    from fastmri_growth.pl_modules.model_types import MODEL_TYPES
+
+    getattr(module, MODEL_TYPES[model_type].network_attr).compile(backend=backend)
 
 
 def uses_distributed_sampler(trainer) -> bool:
@@ -140,16 +156,16 @@ def quiet_lightning(args: argparse.Namespace) -> None:
     """Silence the Lightning output that tells the user nothing about their run.
 
     Lightning's advertising tips, a deprecation inside Lightning itself,
-    its guess of the batch size for the growth callback's epoch-level
-    values, and (when ``--log_every_n_steps`` was not given, since it is
-    then fitted to the epoch) the warning about short epochs.
+    and (when ``--log_every_n_steps`` was not given, since it is then
+    fitted to the epoch) the warning about short epochs. (The growth
+    callback gives its logged values a batch size, so Lightning has none
+    to guess.)
     """
     for name in ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero"):
         log = logging.getLogger(name)
         if not any(isinstance(f, _DropTips) for f in log.filters):
             log.addFilter(_DropTips())
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
-    warnings.filterwarnings("ignore", message=r"Trying to infer the `batch_size`")
     if not _given(args, "log_every_n_steps"):
         warnings.filterwarnings(
             "ignore", message=r"The number of training batches .* is smaller than the logging")

@@ -295,6 +295,6 @@ def avg_pool_2x2(x: torch.Tensor, _input_hw: Tuple[int, int]) -> torch.Tensor:
 def reflect_pad_to(x: torch.Tensor, input_hw: Tuple[int, int]) -> torch.Tensor:
     """fastMRI's padding of an up-sampled tensor to the skip's odd size (right/bottom)."""
     pad_h, pad_w = input_hw[0] - x.shape[-2], input_hw[1] - x.shape[-1]
-    if pad_h or pad_w:
+    if pad_h != 0 or pad_w != 0:  # TorchScript (DynamicUnet.forward) has no int truthiness
         x = F.pad(x, [0, pad_w, 0, pad_h], "reflect")
     return x

@@ -23,11 +23,11 @@ once at the end (``reduce_fn``), so every rank holds the same statistics.
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from itertools import zip_longest
-from typing import (Any, Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional,
-                    Sequence, Tuple)
+from typing import (Any, Callable, ContextManager, Dict, Iterable, Iterator, List, NamedTuple,
+                    Optional, Sequence, Tuple)
 
 import torch
 from torch import nn
@@ -128,11 +128,29 @@ class Accumulator:
         raise NotImplementedError
 
 
+def eager() -> ContextManager:
+    """Run every ``torch.compile``'d function and module eagerly inside the block.
+
+    The statistics pass reads each site conv's input and each consumer's
+    output through forward hooks, and differentiates the loss w.r.t. those
+    outputs. A compiled graph (``module.compile()``, ``torch.compile(fn)``,
+    Lightning's compiled steps; inductor or aot_eager) does not run the hooks
+    the pass registers, or turns the outputs they see into tensors the loss
+    does not depend on through autograd: every score came out zero. Under
+    this stance the growth forward passes run the Python modules themselves,
+    so compiled and eager networks get the same scores, bit for bit; the
+    compiled code is kept for training.
+    """
+    set_stance = getattr(torch.compiler, "set_stance", None)  # torch >= 2.6
+    return set_stance("force_eager") if set_stance is not None else nullcontext()
+
+
 class _EvalMode:
-    """Eval mode and gradients on the needed weights, restored afterwards.
+    """Eval mode, eager execution and gradients on the needed weights, restored afterwards.
 
     Scoring runs without dropout, so that the closed form and a brute-force
-    pass see the same network.
+    pass see the same network, and eagerly (:func:`eager`), so that the
+    statistics hooks run under ``torch.compile`` too.
     """
 
     def __init__(self, model: nn.Module, params: List[nn.Parameter]):
@@ -141,6 +159,8 @@ class _EvalMode:
     def __enter__(self):
         self.modes = [(m, m.training) for m in self.model.modules()]
         self.flags = [(p, p.requires_grad) for p in self.params]
+        self.stance = eager()
+        self.stance.__enter__()
         self.model.eval()
         for p in self.params:
             p.requires_grad_(True)
@@ -151,6 +171,7 @@ class _EvalMode:
             m.training = mode
         for p, flag in self.flags:
             p.requires_grad_(flag)
+        self.stance.__exit__(*exc)
         return False
 
 

@@ -48,7 +48,15 @@ class DynamicUnet(nn.Module):
       is concatenated after the up-sampled tensor, so it is appended there;
     * conv2 of the bottleneck feeds the first transposed conv (input dim 0);
     * conv2 of ``up_j`` feeds transposed conv ``j+1``, or the final 1x1 conv.
+
+    ``torch.jit.script`` compiles the network (grown or not) as it compiles
+    fastMRI's ``Unet``: only :meth:`forward` is scripted, and the width
+    properties are left out of the script.
     """
+
+    # TorchScript compiles every property; these read growth state that a
+    # scripted forward never needs.
+    __jit_unused_properties__ = ["chans", "final_conv"]
 
     def __init__(
         self,
@@ -453,7 +461,8 @@ class DynamicUnet(nn.Module):
             downsample_layer = stack.pop()
             output = transpose_conv(output)
             # Odd input sizes: reflect-pad right/bottom, exactly as fastMRI.
-            output = reflect_pad_to(output, tuple(downsample_layer.shape[-2:]))
+            skip_hw = (downsample_layer.shape[-2], downsample_layer.shape[-1])
+            output = reflect_pad_to(output, skip_hw)
             output = torch.cat([output, downsample_layer], dim=1)
             output = conv(output)
         return output

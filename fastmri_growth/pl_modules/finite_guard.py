@@ -138,8 +138,9 @@ class FiniteGuard(pl.Callback):
             pl_module.print(
                 f"[epoch {trainer.current_epoch}] skipped {self._epoch_skipped} batch(es) with "
                 f"non-finite gradients: {summarize(self.skipped[-self._epoch_skipped:])}")
+        # batch_size: one value per epoch; Lightning would guess it from a batch and warn.
         pl_module.log("train/skipped_batches", float(len(self.skipped)), on_step=False,
-                      on_epoch=True, sync_dist=True)
+                      on_epoch=True, sync_dist=True, batch_size=1)
         self._epoch_skipped = 0
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int,

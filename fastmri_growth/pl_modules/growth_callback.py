@@ -131,6 +131,20 @@ def _batch_size(batch: Any) -> int:
     return 1
 
 
+def log_epoch_values(pl_module, values: Dict[str, float]) -> None:
+    """Log values that are set once per epoch (sizes, event counts), at epoch level.
+
+    Epoch-level: step-level values would only reach the logger on steps that
+    are multiples of ``log_every_n_steps``. ``batch_size=1``: each value is
+    logged once per epoch, so the weight of its mean does not matter, and
+    Lightning would otherwise guess it from the current batch (growth runs in
+    a batch hook), warning "ambiguous batch_size" after every event.
+    ``sync_dist``: the values are identical on every rank; it only keeps
+    Lightning's DDP check quiet.
+    """
+    pl_module.log_dict(values, on_step=False, on_epoch=True, sync_dist=True, batch_size=1)
+
+
 def _reduce_fn(trainer):
     # Lightning's own reduction: a mean over DDP ranks, identity on one device.
     return None if trainer is None else (lambda t: trainer.strategy.reduce(t, reduce_op="mean"))
@@ -240,10 +254,11 @@ class GrowthCallback(pl.Callback):
         resize_on_load(net)
 
     def on_fit_start(self, trainer, pl_module) -> None:
-        """Checks the schedule against the trainer."""
+        """Checks the schedule against the trainer (not in a ``fast_dev_run`` smoke test,
+        which runs one batch of whatever schedule the real run has)."""
         s = self.schedule
         if s.kind == "budget" and trainer.max_epochs is not None and \
-                0 <= trainer.max_epochs <= s.end_epoch:
+                not trainer.fast_dev_run and 0 <= trainer.max_epochs <= s.end_epoch:
             raise ValueError(f"growth_end_epoch={s.end_epoch} is not before max_epochs="
                              f"{trainer.max_epochs}: the last growth event would never run")
 
@@ -373,14 +388,11 @@ class GrowthCallback(pl.Callback):
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         # After this epoch's growth, so the curve shows the size trained at.
         net = pl_module.growable_net()
-        # Identical on every rank; sync_dist only keeps Lightning's DDP check quiet.
-        pl_module.log("network/params", float(sum(p.numel() for p in net.parameters())),
-                      on_step=False, on_epoch=True, sync_dist=True)
-        pl_module.log("network/filters", float(_widths_total(net.get_network_size())),
-                      on_step=False, on_epoch=True, sync_dist=True)
+        values = {"network/params": float(sum(p.numel() for p in net.parameters())),
+                  "network/filters": float(_widths_total(net.get_network_size()))}
         if isinstance(getattr(net, "num_cascades", None), int):
-            pl_module.log("network/cascades", float(net.num_cascades), on_step=False,
-                          on_epoch=True, sync_dist=True)
+            values["network/cascades"] = float(net.num_cascades)
+        log_epoch_values(pl_module, values)
 
     # ------------------------------------------------------------ events
     def extra_batches(self, trainer: Optional[pl.Trainer], epoch: int) -> List[Any]:
@@ -455,8 +467,6 @@ class GrowthCallback(pl.Callback):
                   f"(+{reports[-1].params_after - reports[0].params_before:,}), growth took "
                   f"{seconds:.2f} s on {len(batches)} scoring batch{plural}")
         if trainer is not None:
-            # Epoch-level: step-level values would only reach the logger on
-            # steps that are multiples of log_every_n_steps.
             logged = {"growth/events": float(self.schedule.events),
                       "growth/filters_added": float(sum(r.n_added for r in reports)),
                       "growth/seconds": float(seconds),
@@ -464,7 +474,7 @@ class GrowthCallback(pl.Callback):
                       "growth/scoring_loss": float(reports[0].loss)}
             if c.fan_out_init == "descent":
                 logged["growth/scoring_loss_after"] = float(reports[0].loss_after)
-            pl_module.log_dict(logged, on_step=False, on_epoch=True, sync_dist=True)
+            log_epoch_values(pl_module, logged)
         hook = getattr(pl_module, "on_growth", None)
         if callable(hook):
             hook(reports)
@@ -512,8 +522,7 @@ class GrowthCallback(pl.Callback):
                 f"{'; growth has stopped' if stopped else ''} ({decision.reason})")
         pl_module.print(line) if trainer is not None else print(line)
         if trainer is not None and math.isfinite(decision.ratio):
-            pl_module.log("growth/auto_ratio", float(decision.ratio), on_step=False,
-                          on_epoch=True, sync_dist=True, batch_size=1)
+            log_epoch_values(pl_module, {"growth/auto_ratio": float(decision.ratio)})
         return room if decision.grow else []
 
     def preconditioner(self, trainer: Optional[pl.Trainer]) -> Optional[Preconditioner]:
@@ -564,9 +573,8 @@ class GrowthCallback(pl.Callback):
         line = f"[epoch {epoch}] {report}; fades in over {c.cascade_fade_steps} optimizer steps"
         pl_module.print(line) if trainer is not None else print(line)
         if trainer is not None:
-            pl_module.log_dict({"depth/events": float(len(self.depth.events)),
-                                "depth/params": float(report.params_after)},
-                               on_step=False, on_epoch=True, sync_dist=True)
+            log_epoch_values(pl_module, {"depth/events": float(len(self.depth.events)),
+                                         "depth/params": float(report.params_after)})
         return report
 
     def _refresh_sites(self, net) -> None:
@@ -615,11 +623,11 @@ class GrowthCallback(pl.Callback):
         self._say(trainer, pl_module, epoch, reports,
                   f"(-{reports[0].params_before - reports[-1].params_after:,})")
         if trainer is not None:
-            pl_module.log_dict({
+            log_epoch_values(pl_module, {
                 "prune/events": float(len(self.pruned_epochs)),
                 "prune/filters_removed": float(sum(len(r.removed) for r in reports)),
                 "prune/params": float(reports[-1].params_after),
-            }, on_step=False, on_epoch=True, sync_dist=True)
+            })
         return reports
 
     # ------------------------------------------------------------ helpers
