@@ -1,0 +1,194 @@
+"""Data, checkpoint and lost-work faults of ``fastmri-growth-train`` (issue 22, items 1, 3, 7, 8, 9, 11).
+
+Each test reproduces one fault through the user's path (``train.main`` on a
+generated dataset, or the command in a subprocess) and checks what happens
+now: the exact slice list, the one error line and its exit status, the files
+left in the run folder.
+"""
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import pytest
+import torch
+
+from fastmri_growth.cli import dataset_cache, train
+
+REPO = Path(__file__).resolve().parents[1]
+PROG_ERROR = "fastmri-growth-train: error: "
+
+#: A tiny growing U-Net on the CPU, no data loader workers.
+TINY = [
+    "--challenge", "singlecoil", "--chans", "4", "--num_pool_layers", "2",
+    "--accelerator", "cpu", "--devices", "1", "--num_workers", "0",
+]
+NO_CACHE = ["--use_dataset_cache_file", "false"]
+
+
+def run_main(argv, capfd):
+    """``train.main(argv)`` here: ``(exit status, stdout, non-empty stderr lines)``."""
+    code = train.main([str(a) for a in argv])
+    out, err = capfd.readouterr()
+    return code, out, [ln for ln in err.splitlines() if ln.strip()]
+
+
+def cli_env() -> dict:
+    return dict(os.environ, OMP_NUM_THREADS="1",
+                PYTHONPATH=os.pathsep.join(filter(None, [str(REPO),
+                                                         os.environ.get("PYTHONPATH")])))
+
+
+def generate(root: Path, num_slices: int, seed: int = 0, num_volumes: int = 2) -> Path:
+    """A single-coil knee root (train and val) under ``root``; returns ``root/knee``."""
+    from fastmri_growth.data.synthetic import generate_dataset
+
+    generate_dataset(root, challenges=("knee_singlecoil",), splits=("train", "val"),
+                     num_volumes=num_volumes, num_slices=num_slices, recon_size=64, seed=seed)
+    return root / "knee"
+
+
+def age(folder: Path, seconds: float = 3600.0) -> None:
+    """Set every file's times below ``folder`` into the past (as ``cp -p`` or ``mv`` keep them)."""
+    then = time.time() - seconds
+    for p in folder.rglob("*"):
+        os.utime(p, (then, then))
+
+
+def file_slices(folder: Path) -> list:
+    """``(file name, slice)`` of every slice of a folder, read from the files (no cache)."""
+    from fastmri.data import SliceDataset
+
+    ds = SliceDataset(folder, "singlecoil", use_dataset_cache=False)
+    return [(Path(s[0]).name, s[1]) for s in ds.raw_samples]
+
+
+def cached_slices(folder: Path, cache: Path) -> list:
+    """The same list as fastMRI's SliceDataset gives it with the cache file on."""
+    from fastmri.data import SliceDataset
+
+    ds = SliceDataset(folder, "singlecoil", use_dataset_cache=True, dataset_cache_file=cache)
+    return [(Path(s[0]).name, s[1]) for s in ds.raw_samples]
+
+
+# ------------------------------------------- 1. the dataset cache and its folders
+
+
+@pytest.fixture
+def two_datasets(tmp_path, monkeypatch):
+    """``(a, b)``: knee roots of 2 volumes, 3 and 2 slices each; b's files are older."""
+    monkeypatch.chdir(tmp_path)
+    a = generate(tmp_path / "a", num_slices=3, seed=0)
+    b = generate(tmp_path / "b", num_slices=2, seed=1)
+    age(b.parent)
+    return a, b
+
+
+def test_cache_of_a_folder_swapped_for_one_with_older_files_is_dropped(two_datasets):
+    a, b = two_datasets
+    cache = Path("dataset_cache.pkl")
+    train_dir = a / "singlecoil_train"
+    assert len(cached_slices(train_dir, cache)) == 6
+    assert dataset_cache.prune_dataset_cache(cache) == []  # checked in full, fingerprinted
+    assert dataset_cache.fingerprint_file(cache).is_file()
+    assert dataset_cache.prune_dataset_cache(cache) == []  # fingerprint matches
+    # The folder is replaced by another one whose files are older than the cache.
+    train_dir.rename(a / "old_train")
+    shutil.move(str(b / "singlecoil_train"), str(train_dir))
+    assert max(p.stat().st_mtime for p in train_dir.iterdir()) < cache.stat().st_mtime
+    assert dataset_cache.prune_dataset_cache(cache) == [str(train_dir)]
+    assert cached_slices(train_dir, cache) == file_slices(train_dir)
+    assert len(file_slices(train_dir)) == 4
+
+
+def test_cache_written_by_fastmri_is_checked_in_full_before_its_first_fingerprint(two_datasets):
+    a, b = two_datasets
+    cache = Path("dataset_cache.pkl")
+    train_dir = a / "singlecoil_train"
+    cached_slices(train_dir, cache)  # fastMRI writes the entry; no fingerprint yet
+    shutil.rmtree(train_dir)
+    shutil.copytree(b / "singlecoil_train", train_dir, copy_function=shutil.copy2)
+    assert not dataset_cache.fingerprint_file(cache).exists()
+    assert dataset_cache.prune_dataset_cache(cache) == [str(train_dir)]
+    assert cached_slices(train_dir, cache) == file_slices(train_dir)
+
+
+def test_cache_of_a_repointed_symlink_is_dropped(two_datasets):
+    a, b = two_datasets
+    cache = Path("dataset_cache.pkl")
+    link = Path("data")
+    link.symlink_to(a)
+    folder = link / "singlecoil_train"
+    assert len(cached_slices(folder, cache)) == 6
+    assert dataset_cache.prune_dataset_cache(cache) == []
+    link.unlink()
+    link.symlink_to(b)  # same file names, other slice counts
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        p.name for p in (a / "singlecoil_train").iterdir())
+    assert dataset_cache.prune_dataset_cache(cache) == [str(folder)]
+    assert cached_slices(folder, cache) == file_slices(folder) == file_slices(
+        b / "singlecoil_train")
+
+
+def test_cache_of_a_file_replaced_by_one_of_the_same_size_is_dropped(two_datasets):
+    a, b = two_datasets
+    cache = Path("dataset_cache.pkl")
+    train_dir = a / "singlecoil_train"
+    target = train_dir / "file1000000.h5"
+    cached_slices(train_dir, cache)
+    assert dataset_cache.prune_dataset_cache(cache) == []
+    # A 2-slice file padded to the 3-slice file's size (HDF5 ignores trailing bytes),
+    # with the old file's times.
+    size, times = target.stat().st_size, (target.stat().st_atime, target.stat().st_mtime)
+    replacement = Path("replacement.h5")
+    shutil.copy(b / "singlecoil_train" / "file1000000.h5", replacement)
+    with open(replacement, "ab") as f:
+        f.write(b"\0" * (size - replacement.stat().st_size))
+    with h5py.File(replacement, "r") as hf:
+        assert hf["kspace"].shape[0] == 2
+    os.replace(replacement, target)
+    os.utime(target, times)
+    assert target.stat().st_size == size
+    assert dataset_cache.prune_dataset_cache(cache) == [str(train_dir)]
+    assert cached_slices(train_dir, cache) == file_slices(train_dir)
+    assert [n for n, _ in file_slices(train_dir)].count("file1000000.h5") == 2
+
+
+def test_unchanged_entries_keep_their_fingerprint_and_a_touched_one_is_rechecked(two_datasets):
+    a, _ = two_datasets
+    cache = Path("dataset_cache.pkl")
+    for split in ("train", "val"):
+        cached_slices(a / f"singlecoil_{split}", cache)
+    assert dataset_cache.prune_dataset_cache(cache) == []
+    prints = dataset_cache.fingerprint_file(cache).read_bytes()
+    assert dataset_cache.prune_dataset_cache(cache) == []
+    assert dataset_cache.fingerprint_file(cache).read_bytes() == prints
+    # chmod changes a file's ctime: the entry is compared in full again, and kept.
+    f = next((a / "singlecoil_val").iterdir())
+    os.chmod(f, 0o600)
+    assert dataset_cache.prune_dataset_cache(cache) == []
+    assert dataset_cache.fingerprint_file(cache).read_bytes() != prints
+    assert set(pickle.loads(cache.read_bytes())) == {a / "singlecoil_train",
+                                                     a / "singlecoil_val"}
+
+
+def test_training_through_a_repointed_symlink_reads_the_new_files(two_datasets, capfd):
+    a, b = two_datasets
+    link = Path("data")
+    link.symlink_to(a)
+    argv = ["--data_path", link, *TINY, "--max_epochs", "1", "--limit_val_batches", "1"]
+    code, out, err = run_main(argv + ["--default_root_dir", "r1"], capfd)
+    assert code == 0, err
+    link.unlink()
+    link.symlink_to(b)
+    # Before: the cached 6-slice list of a, then an IndexError in b's 2-slice files.
+    code, out, err = run_main(argv + ["--default_root_dir", "r2"], capfd)
+    assert code == 0, err
+    assert (f"note: dropped the entries of {link / 'singlecoil_train'}, "
+            f"{link / 'singlecoil_val'} from the dataset cache") in out
+    ckpt = torch.load(Path("r2/checkpoints/last.ckpt"), map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == 4  # b's 2 volumes x 2 slices, batch size 1
