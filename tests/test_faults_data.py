@@ -192,3 +192,78 @@ def test_training_through_a_repointed_symlink_reads_the_new_files(two_datasets, 
             f"{link / 'singlecoil_val'} from the dataset cache") in out
     ckpt = torch.load(Path("r2/checkpoints/last.ckpt"), map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == 4  # b's 2 volumes x 2 slices, batch size 1
+
+
+# ------------------------------------------------ 3. two runs on one run folder
+
+
+def hold_lock(root: Path) -> subprocess.Popen:
+    """Another process that takes ``root``'s run lock and keeps it until killed."""
+    code = ("import sys, time; from fastmri_growth.cli.run_lock import RunLock; "
+            "RunLock(sys.argv[1]).acquire(); print('locked', flush=True); time.sleep(120)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(root)], stdout=subprocess.PIPE,
+                            text=True, env=cli_env())
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+@pytest.fixture(scope="module")
+def knee(tiny_knee_root):
+    """Tiny single-coil knee data (2 volumes of 2 slices per split); read only."""
+    return tiny_knee_root
+
+
+def test_a_second_run_on_a_locked_run_folder_is_refused_naming_the_holder(knee, tmp_path,
+                                                                          capfd):
+    run = tmp_path / "run"
+    argv = ["--data_path", knee, "--default_root_dir", run, *TINY, *NO_CACHE]
+    lock = run / ".fastmri-growth.lock"
+    holder = hold_lock(run)
+    try:
+        assert lock.read_text().strip() == str(holder.pid)
+        code, out, err = run_main(argv + ["--max_epochs", "1"], capfd)
+        assert code == 2, err
+        assert err == [f"{PROG_ERROR}--default_root_dir {run} is in use by another run "
+                       f"(process {holder.pid} holds {lock}); wait for it to finish, or pass "
+                       "another --default_root_dir (to test its checkpoints meanwhile, pass "
+                       "--ckpt_path FILE with another --default_root_dir)"]
+        assert sorted(p.name for p in run.iterdir()) == [lock.name]  # nothing written
+    finally:
+        holder.kill()
+        holder.wait()
+    # kill -9 left the file with the dead pid; the next run takes it over and says so.
+    assert lock.read_text().strip() == str(holder.pid)
+    code, out, err = run_main(argv + ["--max_epochs", "1"], capfd)
+    assert code == 0, err
+    assert f"note: took over the lock {lock} of process {holder.pid}, which is no longer " \
+           "running" in out
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert not lock.exists()  # released at the end
+    # Test mode and a resume are refused the same way while a run holds the folder.
+    holder = hold_lock(run)
+    try:
+        before = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}
+        for extra in (["--mode", "test"], ["--max_epochs", "2"]):
+            code, out, err = run_main(argv + extra, capfd)
+            assert code == 2 and len(err) == 1, err
+            assert f"is in use by another run (process {holder.pid} holds {lock})" in err[0]
+        assert {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()} == before
+        assert not (run / "reconstructions").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_ddp_ranks_started_for_a_run_do_not_lock(monkeypatch):
+    from fastmri_growth.cli.run_lock import is_launching_process
+
+    for name in ("LOCAL_RANK", "NODE_RANK", "RANK", "GROUP_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    assert is_launching_process()
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert is_launching_process()
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert not is_launching_process()
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("NODE_RANK", "1")
+    assert not is_launching_process()

@@ -34,6 +34,9 @@ Run layout under ``--default_root_dir``:
 - ``csv_logs/version_N/metrics.csv``: the same metrics as CSV.
 - ``reconstructions/*.h5``: test-mode reconstructions in the leaderboard
   format (one file per volume, dataset ``reconstruction``).
+- ``.fastmri-growth.lock``: exists while a run (either mode) uses the
+  folder; a second run on the same folder is refused, naming the pid of
+  the one that holds it (:mod:`fastmri_growth.cli.run_lock`).
 
 Bad input (missing or malformed data, inconsistent mask flags, no checkpoint
 to test, unknown growth layers, flags the chosen schedule would ignore, a
@@ -58,6 +61,7 @@ from fastmri_growth.cli.checkpoints import remove_partial_files
 from fastmri_growth.cli.common import UsageError, one_line
 from fastmri_growth.cli.dataset_cache import DATASET_CACHE_FILE, prune_dataset_cache
 from fastmri_growth.cli.run_checks import check_free_space
+from fastmri_growth.cli.run_lock import RunLock, is_launching_process
 from fastmri_growth.cli.train_checks import never_grows_reason, validate_args
 from fastmri_growth.cli.train_parser import PROG, parse_args
 from fastmri_growth.cli.train_setup import (
@@ -270,8 +274,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """
     args = parse_args(argv)
     args.ckpt_path_given = args.ckpt_path is not None
+    lock = None
     try:
         validate_args(args)
+        if is_launching_process():
+            # Before anything is written: refused while another run holds the folder.
+            lock = RunLock(args.default_root_dir).acquire()
+            if lock.note:
+                print(lock.note, flush=True)
         for note in getattr(args, "checkpoint_notes", []):
             print(note, flush=True)
         if getattr(args, "nothing_to_train", None):
@@ -299,6 +309,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise
         print(f"{PROG}: error: {message}", file=sys.stderr, flush=True)
         return 1
+    finally:
+        if lock is not None:
+            lock.release()
     return 0
 
 
