@@ -267,3 +267,57 @@ def test_ddp_ranks_started_for_a_run_do_not_lock(monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "0")
     monkeypatch.setenv("NODE_RANK", "1")
     assert not is_launching_process()
+
+
+# ------------------------------------------ 7. every checkpoint of the run broken
+
+
+@pytest.fixture(scope="module")
+def grown_run(knee, tmp_path_factory):
+    """A two-epoch dynamic_unet run that grew at epoch 1 (its last.ckpt has grown widths)."""
+    run = tmp_path_factory.mktemp("grown") / "run"
+    code = train.main([str(a) for a in ["--data_path", knee, "--default_root_dir", run, *TINY,
+                                         *NO_CACHE, "--max_epochs", "2"]])
+    assert code == 0
+    return run
+
+
+def tree_bytes(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+def test_a_run_whose_checkpoints_are_all_broken_is_refused_not_overwritten(grown_run, knee,
+                                                                           tmp_path, capfd):
+    run = tmp_path / "run"
+    shutil.copytree(grown_run, run)
+    ckdir = run / "checkpoints"
+    (best,) = ckdir.glob("epoch=*.ckpt")
+    last = ckdir / "last.ckpt"
+    best.write_bytes(best.read_bytes()[:1000])  # truncated by a full disk
+    nan = torch.load(last, map_location="cpu", weights_only=False)
+    nan["state_dict"]["unet.up_conv.1.1.bias"][:] = float("nan")
+    torch.save(nan, last)
+    before = tree_bytes(run)
+    argv = ["--data_path", knee, "--default_root_dir", run, *TINY, *NO_CACHE, "--max_epochs", "3"]
+    code, out, err = run_main(argv, capfd)
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith(f"{PROG_ERROR}every checkpoint in {ckdir} is broken: ")
+    assert "last.ckpt (1 weight tensor(s) hold NaN or Inf (first: unet.up_conv.1.1.bias))" \
+        in err[0]
+    assert f"{best.name} (RuntimeError: PytorchStreamReader failed reading zip archive" in err[0]
+    assert err[0].endswith("nothing was trained or overwritten: to start afresh, move them out "
+                           "of that folder or pass another --default_root_dir; to resume, pass "
+                           "--ckpt_path with a good copy")
+    assert tree_bytes(run) == before
+    # Test mode names them too.
+    code, out, err = run_main(argv + ["--mode", "test", "--test_split", "val"], capfd)
+    assert code == 2 and "holds no usable .ckpt file (last.ckpt (1 weight tensor(s)" in err[0]
+    assert tree_bytes(run) == before
+    # Moved aside, the same command starts afresh.
+    (run / "broken").mkdir()
+    for p in (best, last):
+        p.rename(run / "broken" / p.name)
+    code, out, err = run_main(argv[:-1] + ["1"], capfd)
+    assert code == 0, err
+    assert torch.load(last, map_location="cpu", weights_only=False)["epoch"] == 0

@@ -113,8 +113,16 @@ def resolve_checkpoint(args: argparse.Namespace) -> Optional[Path]:
             args.checkpoint_notes.append(note)
         ckpt, loaded = found.path, found.loaded
     if ckpt is None:
+        broken = found.skipped if explicit is None else []
+        if broken and args.mode == "train":
+            # Starting from epoch 0 would overwrite them (last.ckpt first).
+            raise UsageError(
+                f"every checkpoint in {checkpoint_dir} is broken: {_broken_list(broken)}; "
+                "nothing was trained or overwritten: to start afresh, move them out of that "
+                "folder or pass another --default_root_dir; to resume, pass --ckpt_path with "
+                "a good copy")
         if args.mode == "test":
-            what = "no .ckpt file" if not args.checkpoint_notes else "no usable .ckpt file"
+            what = f"no usable .ckpt file ({_broken_list(broken)})" if broken else "no .ckpt file"
             raise UsageError(
                 f"--mode test needs trained weights but {checkpoint_dir} holds {what}; "
                 "train first with the same --default_root_dir, or pass --ckpt_path FILE"
@@ -138,6 +146,11 @@ def resolve_checkpoint(args: argparse.Namespace) -> Optional[Path]:
         growth_state = ((loaded.get("callbacks") or {}).get("GrowthCallback") or {})
         args.resumed_events = len((growth_state.get("schedule") or {}).get("grown_epochs", []))
     return ckpt
+
+
+def _broken_list(skipped) -> str:
+    """``name (why), ...`` of broken checkpoints, each reason cut at its first sentence."""
+    return ", ".join(f"{p.name} ({why.split('. ')[0].rstrip('.')})" for p, why in skipped)
 
 
 def adopt_checkpoint_model_type(args: argparse.Namespace) -> None:

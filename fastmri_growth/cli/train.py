@@ -28,7 +28,8 @@ Run layout under ``--default_root_dir``:
 
 - ``checkpoints/``: the best checkpoint by ``validation_loss`` and
   ``last.ckpt``, written atomically. Training resumes from the newest
-  usable one automatically (broken ones are skipped and named); test mode
+  usable one automatically (broken ones are skipped and named; when every
+  one is broken the run is refused, not started afresh over them); test mode
   loads it, or ``--ckpt last|best|PATH`` (or ``--ckpt_path``).
 - ``lightning_logs/version_N/``: TensorBoard logs.
 - ``csv_logs/version_N/metrics.csv``: the same metrics as CSV.
