@@ -321,3 +321,54 @@ def test_a_run_whose_checkpoints_are_all_broken_is_refused_not_overwritten(grown
     code, out, err = run_main(argv[:-1] + ["1"], capfd)
     assert code == 0, err
     assert torch.load(last, map_location="cpu", weights_only=False)["epoch"] == 0
+
+
+# ----------------------------- 8. a finished run without validation keeps its state
+
+
+def test_a_run_without_validation_writes_last_ckpt_every_epoch_and_resumes_exactly(
+        knee, tmp_path, capfd):
+    # --lr_step_size 1: the learning rate changes every epoch, so a resume that
+    # restored the scheduler one epoch off would differ.
+    argv = ["--data_path", knee, *TINY, *NO_CACHE, "--check_val_every_n_epoch", "5",
+            "--lr_step_size", "1"]
+    ref, part = tmp_path / "ref", tmp_path / "part"
+    code, out, err = run_main(argv + ["--default_root_dir", ref, "--max_epochs", "3"], capfd)
+    assert code == 0, err
+    last = ref / "checkpoints" / "last.ckpt"
+    # Before: "checkpoints (none)" after 3 trained epochs.
+    assert f"checkpoints:      {ref / 'checkpoints'} (last.ckpt)" in out
+    assert f"last checkpoint:  {last} (the final state; resume continues from it)" in out
+    assert "last validation:  none ran" in out
+    reference = torch.load(last, map_location="cpu", weights_only=False)
+    assert (reference["epoch"], reference["global_step"]) == (2, 12)
+    # Every epoch writes it: 2 epochs, then the same command to 3 resumes at epoch 2.
+    code, out, err = run_main(argv + ["--default_root_dir", part, "--max_epochs", "2"], capfd)
+    assert code == 0, err
+    assert torch.load(part / "checkpoints" / "last.ckpt", map_location="cpu",
+                      weights_only=False)["epoch"] == 1
+    code, out, err = run_main(argv + ["--default_root_dir", part, "--max_epochs", "3"], capfd)
+    assert code == 0, err
+    assert f"Resuming from {part / 'checkpoints' / 'last.ckpt'}" in out
+    resumed = torch.load(part / "checkpoints" / "last.ckpt", map_location="cpu",
+                         weights_only=False)
+    assert (resumed["epoch"], resumed["global_step"]) == (2, 12)
+    assert resumed["state_dict"].keys() == reference["state_dict"].keys()
+    for k, v in reference["state_dict"].items():
+        assert torch.equal(v, resumed["state_dict"][k]), k
+    assert resumed["lr_schedulers"] == reference["lr_schedulers"]
+
+
+def test_validation_every_epoch_still_writes_last_ckpt_once_per_epoch(knee, tmp_path, capfd,
+                                                                      monkeypatch):
+    from fastmri_growth.pl_modules import checkpoint_io
+
+    saves = []
+    real = checkpoint_io.atomic_torch_save
+    monkeypatch.setattr(checkpoint_io, "atomic_torch_save",
+                        lambda obj, path: (saves.append((Path(path).name, obj["epoch"])),
+                                           real(obj, path))[1])
+    code, out, err = run_main(["--data_path", knee, *TINY, *NO_CACHE, "--default_root_dir",
+                               tmp_path / "run", "--max_epochs", "2"], capfd)
+    assert code == 0, err
+    assert [s for s in saves if s[0] == "last.ckpt"] == [("last.ckpt", 0), ("last.ckpt", 1)]

@@ -232,7 +232,8 @@ def checkpoint_callbacks(checkpoint_dir: Path) -> list:
     ``last.ckpt`` only in epochs that also produced a new top-k checkpoint:
     an epoch that is not the best (often the one right after growth) would
     be missing from it, and resuming would repeat epochs. The second
-    callback has no monitor and rewrites ``last.ckpt`` after every epoch.
+    callback has no monitor and rewrites ``last.ckpt`` after every epoch, validated or
+    not (:class:`~fastmri_growth.pl_modules.checkpoint_io.EveryEpochCheckpoint`).
     The first is a :class:`~fastmri_growth.pl_modules.checkpoint_io.TopKCheckpoint`:
     ``epoch=*.ckpt`` files that are no longer the best (left by a resumed or
     interrupted run) are deleted, so top-1 means one file.
@@ -240,9 +241,8 @@ def checkpoint_callbacks(checkpoint_dir: Path) -> list:
     Args:
         checkpoint_dir: Folder for both (``DEFAULT_ROOT_DIR/checkpoints``).
     """
-    from pytorch_lightning.callbacks import ModelCheckpoint
 
-    from fastmri_growth.pl_modules.checkpoint_io import TopKCheckpoint
+    from fastmri_growth.pl_modules.checkpoint_io import EveryEpochCheckpoint, TopKCheckpoint
 
     best = TopKCheckpoint(
         dirpath=checkpoint_dir,
@@ -251,7 +251,7 @@ def checkpoint_callbacks(checkpoint_dir: Path) -> list:
         monitor="validation_loss",
         mode="min",
     )
-    last = ModelCheckpoint(
+    last = EveryEpochCheckpoint(  # also in epochs without validation
         dirpath=checkpoint_dir,
         filename="last",
         save_top_k=1,

@@ -114,9 +114,12 @@ def _print_summary(args: argparse.Namespace, trainer) -> None:
             score = callback.best_model_score
             best = f" (validation_loss {float(score):.4g})" if score is not None else ""
             lines.append(f"  best checkpoint:  {callback.best_model_path}{best}")
+        last_ckpt = ckpt_dir / "last.ckpt"
+        if last_ckpt.is_file():
+            lines.append(f"  last checkpoint:  {last_ckpt} (the final state; resume "
+                         "continues from it)")
         last = validation_summary(trainer.callback_metrics)
-        if last:
-            lines.append(f"  last validation:  {last}")
+        lines.append(f"  last validation:  {last or 'none ran'}")
         guard = _finite_guard(trainer)
         if guard is not None and (guard.skipped or guard.skipped_scoring):
             from fastmri_growth.pl_modules.finite_guard import summarize
