@@ -15,6 +15,7 @@ their rank 0.
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 from pathlib import Path
@@ -68,7 +69,12 @@ class RunLock:
         self.root.mkdir(parents=True, exist_ok=True)
         self._made = missing
         for _ in range(10):
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as err:
+                if err.errno in (errno.ENOSPC, errno.EDQUOT):
+                    return self  # a full disk: the free-space check refuses the run next
+                raise
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -94,8 +100,11 @@ class RunLock:
             if old is not None and old != os.getpid():
                 self.note = (f"note: took over the lock {self.path} of process {old}, which is "
                              "no longer running")
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            try:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            except OSError:  # a full disk: the flock holds without the pid
+                pass
             self._fd = fd
             return self
         raise UsageError(f"cannot lock {self.path}: it is being replaced over and over; "
