@@ -372,3 +372,38 @@ def test_validation_every_epoch_still_writes_last_ckpt_once_per_epoch(knee, tmp_
                                tmp_path / "run", "--max_epochs", "2"], capfd)
     assert code == 0, err
     assert [s for s in saves if s[0] == "last.ckpt"] == [("last.ckpt", 0), ("last.ckpt", 1)]
+
+
+# --------------------------------------------------- 9. --limit_train_batches 0
+
+
+@pytest.mark.parametrize("mode, flag, value", [
+    ("train", "limit_train_batches", "0"),
+    ("train", "limit_train_batches", "0.0"),
+    ("test", "limit_test_batches", "0"),
+])
+def test_limits_of_no_batch_are_refused_up_front(grown_run, knee, tmp_path, capfd, mode, flag,
+                                                 value):
+    run = tmp_path / "run"
+    if mode == "test":
+        shutil.copytree(grown_run, run)
+    before = tree_bytes(tmp_path)
+    code, out, err = run_main(["--mode", mode, "--data_path", knee, "--default_root_dir", run,
+                               *TINY, *NO_CACHE, "--test_split", "val", "--max_epochs", "1",
+                               f"--{flag}", value], capfd)
+    assert code == 2, err
+    what = "trains on" if mode == "train" else "tests"
+    assert err == [f"{PROG_ERROR}--{flag} {value} {what} no batch: the run would end at once having done nothing; pass a "
+                   "number of batches (1 or more) or a fraction of them in (0, 1], or leave "
+                   f"--{flag} out (all batches)"]
+    assert tree_bytes(tmp_path) == before
+    assert mode == "test" or not run.exists()
+
+
+def test_limit_val_batches_0_still_trains_without_validation(knee, tmp_path, capfd):
+    run = tmp_path / "run"
+    code, out, err = run_main(["--data_path", knee, "--default_root_dir", run, *TINY, *NO_CACHE,
+                               "--max_epochs", "1", "--limit_val_batches", "0"], capfd)
+    assert code == 0, err
+    assert torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu",
+                      weights_only=False)["global_step"] == 4  # 2 volumes x 2 slices
