@@ -407,3 +407,52 @@ def test_limit_val_batches_0_still_trains_without_validation(knee, tmp_path, cap
     assert code == 0, err
     assert torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu",
                       weights_only=False)["global_step"] == 4  # 2 volumes x 2 slices
+
+
+# ------------------------------------ 11. late or raw errors: data, weights, flags
+
+
+@pytest.mark.parametrize("workers", ["0", "1"])
+@pytest.mark.parametrize("damage", ["delete", "truncate", "fewer slices"])
+def test_a_data_file_damaged_during_the_run_is_one_line_naming_it(knee, tmp_path, monkeypatch,
+                                                                  capfd, damage, workers):
+    data = tmp_path / "knee"
+    shutil.copytree(knee, data)
+    victim = data / "singlecoil_train" / "file1000001.h5"
+    real = train.build_data_module
+
+    def build_then_damage(*args, **kwargs):
+        module = real(*args, **kwargs)
+        make_loader = module.train_dataloader
+
+        def train_dataloader():
+            loader = make_loader()  # the slice list is built: now the file changes
+            if damage == "delete":
+                victim.unlink()
+            elif damage == "truncate":
+                victim.write_bytes(victim.read_bytes()[:victim.stat().st_size // 2])
+            else:
+                with h5py.File(victim, "r+") as hf:
+                    kspace = hf["kspace"][:1]
+                    del hf["kspace"]
+                    hf["kspace"] = kspace
+            return loader
+
+        module.train_dataloader = train_dataloader
+        return module
+
+    monkeypatch.setattr(train, "build_data_module", build_then_damage)
+    code, out, err = run_main(["--data_path", data, "--default_root_dir", tmp_path / "run",
+                               *TINY[:-2], "--num_workers", workers, *NO_CACHE,
+                               "--max_epochs", "1", "--num_sanity_val_steps", "0"], capfd)
+    assert code == 1, err
+    assert "Traceback" not in out + "\n".join(err)
+    assert len([ln for ln in err if ln.startswith(PROG_ERROR)]) == 1 and \
+        err[-1].startswith(f"{PROG_ERROR}cannot read slice "), err
+    why = {"delete": "the file no longer exists",
+           "truncate": "the file is truncated (truncated file: eof = ",
+           "fewer slices": "is beyond the file's slices"}[damage]
+    assert f" of data file {victim}: " in err[-1] and why in err[-1], err[-1]
+    assert err[-1].endswith("it changed after the run listed it (deleted, truncated or "
+                            "replaced): restore it, then run the same command again (training "
+                            "resumes from the newest checkpoint)")

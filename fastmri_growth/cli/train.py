@@ -225,12 +225,14 @@ def run_fault(err: BaseException, root: Optional[Path] = None) -> Optional[str]:
     """The one-line message of a fault that stopped a run, or None for anything else.
 
     Faults are what the run met on the way, not bugs: a non-finite loss or
-    gradient (the guard names the file and slice), a checkpoint that could
+    gradient (the guard names the file and slice), a data file that went
+    missing or was truncated (naming it), a checkpoint that could
     not be written, or a full disk while writing logs. Lightning may raise
     a second error while shutting down (a logger flushing to the full
     disk); the chain of exceptions is searched for the first cause.
     """
     from fastmri_growth.pl_modules.checkpoint_io import CheckpointWriteError
+    from fastmri_growth.pl_modules.data_module import DataReadError
     from fastmri_growth.pl_modules.finite_guard import NonFiniteError
 
     chain, e = [], err
@@ -240,7 +242,7 @@ def run_fault(err: BaseException, root: Optional[Path] = None) -> Optional[str]:
     for e in reversed(chain):  # the first cause first
         if isinstance(e, CheckpointWriteError):
             return " ".join(str(e.strerror or e).split())  # without "[Errno 28]"
-        if isinstance(e, NonFiniteError):
+        if isinstance(e, (NonFiniteError, DataReadError)):
             return one_line(e)
     for e in reversed(chain):
         if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
