@@ -456,3 +456,77 @@ def test_a_data_file_damaged_during_the_run_is_one_line_naming_it(knee, tmp_path
     assert err[-1].endswith("it changed after the run listed it (deleted, truncated or "
                             "replaced): restore it, then run the same command again (training "
                             "resumes from the newest checkpoint)")
+
+
+def test_a_grown_checkpoint_for_a_fixed_unet_names_dynamic_unet(grown_run, knee, tmp_path,
+                                                                capfd):
+    grown = grown_run / "checkpoints" / "last.ckpt"
+    run = tmp_path / "run"
+    base = ["--data_path", knee, "--default_root_dir", run, *TINY[:2], *TINY[4:], *NO_CACHE,
+            "--model-type", "unet", "--init-from", grown]
+    for argv in (base, base + ["--chans", "5"]):
+        code, out, err = run_main(argv, capfd)
+        assert code == 2, err
+        # Before: torch's size-mismatch list, cut mid-word at 300 characters.
+        assert err == [f"{PROG_ERROR}--init-from {grown} holds a grown network (down_1 "
+                       "conv1_out has 9 filters; --model-type unet builds 10 there from "
+                       "chans=5); pass --model-type dynamic_unet, which takes grown widths"]
+        assert not run.exists()
+    # The growing type takes it.
+    code, out, err = run_main(base[:-4] + ["--model-type", "dynamic_unet", "--init-from", grown,
+                                           "--max_epochs", "1"], capfd)
+    assert code == 0, err
+
+
+def test_weights_that_do_not_load_are_summarised_on_whole_words():
+    from fastmri.models import Unet
+
+    from fastmri_growth.cli.checkpoints import _load_error
+
+    with pytest.raises(RuntimeError) as info:
+        Unet(1, 1, 4, 2).load_state_dict(Unet(1, 1, 8, 2).state_dict())
+    assert _load_error(info.value) == (
+        "13 tensor(s) of other shapes, first down_sample_layers.0.layers.0.weight: "
+        "[8, 1, 3, 3] in the file, [4, 1, 3, 3] in the network")
+    long = RuntimeError("Missing key(s) in state_dict: " + ", ".join(
+        f'"block_{i}.weight"' for i in range(40)))
+    short = _load_error(long)
+    assert len(short) <= 304 and short.endswith(" ...")
+    assert short[:-4] == long.args[0][:len(short) - 4]  # whole words only
+
+
+@pytest.mark.parametrize("flag", ["--ckpt", "--ckpt_path"])
+def test_test_mode_given_a_data_file_as_checkpoint_names_the_flag(grown_run, knee, tmp_path,
+                                                                  capfd, flag):
+    h5 = sorted((knee / "singlecoil_val").glob("*.h5"))[0]
+    run = tmp_path / "run"
+    shutil.copytree(grown_run, run)
+    argv = ["--mode", "test", "--data_path", knee, "--default_root_dir", run, *TINY, *NO_CACHE,
+            "--test_split", "val"]
+    takes = "last, best or a .ckpt file" if flag == "--ckpt" else "a .ckpt file"
+    code, out, err = run_main(argv + [flag, h5], capfd)
+    assert code == 2, err
+    # Before: "pass another --ckpt_path or move the broken file out of the checkpoints folder".
+    assert err == [f"{PROG_ERROR}{flag} {h5} is an HDF5 file (fastMRI data or reconstructions), "
+                   f"not a checkpoint; pass {takes} written by fastmri-growth-train; to score "
+                   "reconstructions against the data use fastmri-growth-eval"]
+    junk = tmp_path / "junk.ckpt"
+    junk.write_bytes(b"not a checkpoint")
+    code, out, err = run_main(argv + [flag, junk], capfd)
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith(f"{PROG_ERROR}cannot read checkpoint {junk} (UnpicklingError: ")
+    assert err[0].endswith(f"); pass {takes} written by fastmri-growth-train as {flag}")
+    assert not (run / "reconstructions").exists()
+
+
+@pytest.mark.parametrize("flag, value", [("--chans", "0"), ("--chans", "-2"),
+                                         ("--num_pool_layers", "0")])
+def test_zero_channels_are_refused_before_torch_warns(knee, tmp_path, capfd, flag, value):
+    run = tmp_path / "run"
+    argv = ["--data_path", knee, "--default_root_dir", run, *TINY, *NO_CACHE, flag, value]
+    code, out, err = run_main(argv, capfd)
+    assert code == 2, err
+    name = flag.lstrip("-")
+    # Before: torch's "Initializing zero-element tensors is a no-op" warning first.
+    assert err == [f"{PROG_ERROR}invalid model option: {name} must be an int >= 1, got {value}"]
+    assert not run.exists()

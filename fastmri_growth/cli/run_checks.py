@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from pathlib import Path
 from typing import Optional
 
@@ -101,7 +102,7 @@ def resolve_checkpoint(args: argparse.Namespace) -> Optional[Path]:
         if not explicit.is_file():
             raise UsageError(f"{flag} {explicit} is not a file; pass an existing .ckpt file")
         ckpt = explicit
-        loaded = read_checkpoint(ckpt)
+        loaded = _read_given_checkpoint(ckpt, flag, args.mode)
         problem = checkpoint_problem(loaded)
         if problem is not None:
             raise UsageError(f"checkpoint {ckpt} cannot be used: {problem}; pass another "
@@ -146,6 +147,34 @@ def resolve_checkpoint(args: argparse.Namespace) -> Optional[Path]:
         growth_state = ((loaded.get("callbacks") or {}).get("GrowthCallback") or {})
         args.resumed_events = len((growth_state.get("schedule") or {}).get("grown_epochs", []))
     return ckpt
+
+
+#: The first bytes of an HDF5 file (fastMRI's data and reconstructions).
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def _read_given_checkpoint(path: Path, flag: str, mode: str):
+    """:func:`read_checkpoint` of a file the user named, with advice about that flag.
+
+    Raises:
+        UsageError: an HDF5 file (data or reconstructions, not weights) or an
+            unreadable file, naming ``flag`` and what it takes.
+    """
+    takes = "last, best or a .ckpt file" if flag == "--ckpt" else "a .ckpt file"
+    with open(path, "rb") as f:
+        head = f.read(len(_HDF5_SIGNATURE))
+    if head == _HDF5_SIGNATURE:
+        score = ("; to score reconstructions against the data use fastmri-growth-eval"
+                 if mode == "test" else "")
+        raise UsageError(
+            f"{flag} {path} is an HDF5 file (fastMRI data or reconstructions), not a "
+            f"checkpoint; pass {takes} written by fastmri-growth-train{score}")
+    try:
+        return read_checkpoint(path)
+    except UsageError as err:
+        why = re.search(r"\((.*)\); pass another", str(err))
+        raise UsageError(f"cannot read checkpoint {path} ({why.group(1) if why else err}); "
+                         f"pass {takes} written by fastmri-growth-train as {flag}") from None
 
 
 def _broken_list(skipped) -> str:
