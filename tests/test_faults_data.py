@@ -530,3 +530,32 @@ def test_zero_channels_are_refused_before_torch_warns(knee, tmp_path, capfd, fla
     # Before: torch's "Initializing zero-element tensors is a no-op" warning first.
     assert err == [f"{PROG_ERROR}invalid model option: {name} must be an int >= 1, got {value}"]
     assert not run.exists()
+
+
+def test_a_grown_varnet_state_dict_for_a_fixed_varnet_names_dynamic_varnet(tmp_path):
+    from fastmri.models import VarNet
+
+    from fastmri_growth.cli.checkpoints import read_init_weights
+    from fastmri_growth.cli.common import UsageError
+    from fastmri_growth.models.dynamic_varnet import DynamicVarNet
+
+    plain = tmp_path / "varnet.pt"
+    torch.save(VarNet(num_cascades=2, sens_chans=2, sens_pools=1, chans=2, pools=1).state_dict(),
+               plain)
+    assert read_init_weights(plain, "varnet").architecture["chans"] == 2
+    net = DynamicVarNet(num_cascades=2, sens_chans=2, sens_pools=1, chans=2, pools=1)
+    state = net.state_dict()
+    # Widen cascade 1's first conv by one filter, as a growth event does.
+    key = next(k for k in state if k.startswith("cascades.1.") and k.endswith(
+        "down_sample_layers.0.layers.0.weight"))
+    grown = tmp_path / "grown.pt"
+    state[key] = torch.cat([state[key], state[key][:1]])
+    nxt = key.replace("layers.0.weight", "layers.4.weight")
+    state[nxt] = torch.cat([state[nxt], state[nxt][:, :1]], dim=1)
+    torch.save(state, grown)
+    with pytest.raises(UsageError) as info:
+        read_init_weights(grown, "varnet")
+    assert str(info.value) == (
+        f"--init-from {grown} holds a grown network (cascade_1 down_0 conv2_out has 2 filters; "
+        "--model-type varnet builds 3 there from chans=3); pass --model-type dynamic_varnet, "
+        "which takes grown widths")
