@@ -232,7 +232,8 @@ def checkpoint_callbacks(checkpoint_dir: Path) -> list:
     ``last.ckpt`` only in epochs that also produced a new top-k checkpoint:
     an epoch that is not the best (often the one right after growth) would
     be missing from it, and resuming would repeat epochs. The second
-    callback has no monitor and rewrites ``last.ckpt`` after every epoch.
+    callback has no monitor and rewrites ``last.ckpt`` after every epoch, validated or
+    not (:class:`~fastmri_growth.pl_modules.checkpoint_io.EveryEpochCheckpoint`).
     The first is a :class:`~fastmri_growth.pl_modules.checkpoint_io.TopKCheckpoint`:
     ``epoch=*.ckpt`` files that are no longer the best (left by a resumed or
     interrupted run) are deleted, so top-1 means one file.
@@ -240,9 +241,8 @@ def checkpoint_callbacks(checkpoint_dir: Path) -> list:
     Args:
         checkpoint_dir: Folder for both (``DEFAULT_ROOT_DIR/checkpoints``).
     """
-    from pytorch_lightning.callbacks import ModelCheckpoint
 
-    from fastmri_growth.pl_modules.checkpoint_io import TopKCheckpoint
+    from fastmri_growth.pl_modules.checkpoint_io import EveryEpochCheckpoint, TopKCheckpoint
 
     best = TopKCheckpoint(
         dirpath=checkpoint_dir,
@@ -251,7 +251,7 @@ def checkpoint_callbacks(checkpoint_dir: Path) -> list:
         monitor="validation_loss",
         mode="min",
     )
-    last = ModelCheckpoint(
+    last = EveryEpochCheckpoint(  # also in epochs without validation
         dirpath=checkpoint_dir,
         filename="last",
         save_top_k=1,
@@ -340,11 +340,60 @@ def read_init_weights(path: Path, model_type: str) -> InitWeights:
         msg = " ".join(str(err).split())
         raise UsageError(f"--init-from {path} holds no {kind} for --model-type {model_type} "
                          f"({msg})") from None
+    if not spec.grows:
+        _refuse_grown_weights(path, model_type, arch)
     bad = nonfinite_tensors(state)
     if bad:
         raise UsageError(f"--init-from {path}: {len(bad)} weight tensor(s) hold NaN or Inf "
                          f"(first: {bad[0]}); pass weights of a run that did not diverge")
     return InitWeights(Path(path), dict(state), architecture)
+
+
+def _refuse_grown_weights(path: Path, model_type: str, arch: Dict[str, Any]) -> None:
+    """Grown widths in ``--init-from`` for a fixed-width ``--model-type``: name the growing one.
+
+    fastMRI's Unet (and a VarNet's cascades) double ``chans`` at every pool;
+    a grown network's widths do not, and loading them would fail with
+    torch's list of size mismatches.
+
+    Raises:
+        UsageError: naming the first block whose width differs and the growing model type.
+    """
+    from fastmri_growth.models.unet_spec import default_widths
+
+    unets = arch.get("unets") if isinstance(arch.get("unets"), dict) else {"": arch}
+    for net, unet in unets.items():
+        widths = unet.get("widths") or {}
+        if not widths or "down_0" not in widths:
+            continue
+        expected = default_widths(int(widths["down_0"]["conv1_out"]),
+                                  int(unet["num_pool_layers"]))
+        for block, want in expected.items():
+            have = widths.get(block, {})
+            for conv, n in want.items():
+                if have.get(conv) != n:
+                    where = f"{net} {block}" if net else block
+                    grower = MODEL_TYPES[model_type].growing_version or "a growing model type"
+                    raise UsageError(
+                        f"--init-from {path} holds a grown network ({where} {conv} has "
+                        f"{have.get(conv)} filters; --model-type {model_type} builds "
+                        f"{n} there from chans={widths['down_0']['conv1_out']}); pass "
+                        f"--model-type {grower}, which takes grown widths")
+
+
+def _load_error(err: BaseException) -> str:
+    """torch's load_state_dict error, shortened to one line that ends on a whole word."""
+    msg = " ".join(str(err).split())
+    mismatches = re.findall(r"size mismatch for ([\w.]+): copying a param with shape "
+                            r"torch\.Size\(\[([\d, ]*)\]\) from checkpoint, the shape in current "
+                            r"model is torch\.Size\(\[([\d, ]*)\]\)", msg)
+    if mismatches:
+        key, have, want = mismatches[0]
+        return (f"{len(mismatches)} tensor(s) of other shapes, first {key}: [{have}] in the "
+                f"file, [{want}] in the network")
+    if len(msg) > 300:
+        msg = msg[:300].rsplit(" ", 1)[0] + " ..."
+    return msg
 
 
 def apply_init_weights(module: Any, init: InitWeights, model_type: str) -> None:
@@ -366,5 +415,5 @@ def apply_init_weights(module: Any, init: InitWeights, model_type: str) -> None:
             callback.schedule.state.pop("budget", None)
             callback.prepare(net)
     except (ValueError, RuntimeError, KeyError) as err:
-        msg = " ".join(str(err).split())
-        raise UsageError(f"cannot start from --init-from {init.path} ({msg[:300]})") from None
+        raise UsageError(f"cannot start from --init-from {init.path} ({_load_error(err)})") \
+            from None

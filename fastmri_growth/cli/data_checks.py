@@ -142,6 +142,25 @@ def check_sample_rates(args: argparse.Namespace) -> None:
                 raise UsageError(f"--{name} {rate} is out of range; use a fraction in (0, 1]")
 
 
+def check_batch_limits(args: argparse.Namespace) -> None:
+    """``--limit_train_batches 0`` (train) or ``--limit_test_batches 0`` (test): nothing would run.
+
+    Lightning accepts them and the run ends at once, exit status 0, having
+    trained (or tested) nothing. ``--limit_val_batches 0`` stays allowed: it
+    skips validation, a choice.
+    """
+    name = "limit_train_batches" if args.mode == "train" else "limit_test_batches"
+    limit = getattr(args, name, None)
+    if limit is None or isinstance(limit, bool) or not isinstance(limit, (int, float)):
+        return
+    if limit == 0:
+        what = "trains on" if args.mode == "train" else "tests"
+        raise UsageError(
+            f"--{name} {limit} {what} no batch: the run would end at once having done nothing; "
+            f"pass a number of batches (1 or more) or a fraction of them in (0, 1], or leave "
+            f"--{name} out (all batches)")
+
+
 def check_split_dir(folder: Path, challenge: str, need_target: bool, hint: str) -> None:
     """:func:`fastmri_growth.data.fastmri_format.check_split_dir` as a usage check.
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from pathlib import Path
 from typing import Any, Dict, Optional
 
@@ -104,7 +105,7 @@ def resolve_checkpoint(args: argparse.Namespace) -> Optional[Path]:
         if not explicit.is_file():
             raise UsageError(f"{flag} {explicit} is not a file; pass an existing .ckpt file")
         ckpt = explicit
-        loaded = read_checkpoint(ckpt)
+        loaded = _read_given_checkpoint(ckpt, flag, args.mode)
         problem = checkpoint_problem(loaded)
         if problem is not None:
             raise UsageError(f"checkpoint {ckpt} cannot be used: {problem}; pass another "
@@ -116,8 +117,16 @@ def resolve_checkpoint(args: argparse.Namespace) -> Optional[Path]:
             args.checkpoint_notes.append(note)
         ckpt, loaded = found.path, found.loaded
     if ckpt is None:
+        broken = found.skipped if explicit is None else []
+        if broken and args.mode == "train":
+            # Starting from epoch 0 would overwrite them (last.ckpt first).
+            raise UsageError(
+                f"every checkpoint in {checkpoint_dir} is broken: {_broken_list(broken)}; "
+                "nothing was trained or overwritten: to start afresh, move them out of that "
+                "folder or pass another --default_root_dir; to resume, pass --ckpt_path with "
+                "a good copy")
         if args.mode == "test":
-            what = "no .ckpt file" if not args.checkpoint_notes else "no usable .ckpt file"
+            what = f"no usable .ckpt file ({_broken_list(broken)})" if broken else "no .ckpt file"
             raise UsageError(
                 f"--mode test needs trained weights but {checkpoint_dir} holds {what}; "
                 "train first with the same --default_root_dir, or pass --ckpt_path FILE"
@@ -283,6 +292,39 @@ def check_checkpoint_challenge(args: argparse.Namespace, ckpt_path: Path, loaded
         raise UsageError(
             f"checkpoint {ckpt_path} was trained on {stored} data ({how}) but --challenge is "
             f"{args.challenge}; pass --challenge {stored} (and {stored} data) to {action} it")
+
+
+#: The first bytes of an HDF5 file (fastMRI's data and reconstructions).
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def _read_given_checkpoint(path: Path, flag: str, mode: str):
+    """:func:`read_checkpoint` of a file the user named, with advice about that flag.
+
+    Raises:
+        UsageError: an HDF5 file (data or reconstructions, not weights) or an
+            unreadable file, naming ``flag`` and what it takes.
+    """
+    takes = "last, best or a .ckpt file" if flag == "--ckpt" else "a .ckpt file"
+    with open(path, "rb") as f:
+        head = f.read(len(_HDF5_SIGNATURE))
+    if head == _HDF5_SIGNATURE:
+        score = ("; to score reconstructions against the data use fastmri-growth-eval"
+                 if mode == "test" else "")
+        raise UsageError(
+            f"{flag} {path} is an HDF5 file (fastMRI data or reconstructions), not a "
+            f"checkpoint; pass {takes} written by fastmri-growth-train{score}")
+    try:
+        return read_checkpoint(path)
+    except UsageError as err:
+        why = re.search(r"\((.*)\); pass another", str(err))
+        raise UsageError(f"cannot read checkpoint {path} ({why.group(1) if why else err}); "
+                         f"pass {takes} written by fastmri-growth-train as {flag}") from None
+
+
+def _broken_list(skipped) -> str:
+    """``name (why), ...`` of broken checkpoints, each reason cut at its first sentence."""
+    return ", ".join(f"{p.name} ({why.split('. ')[0].rstrip('.')})" for p, why in skipped)
 
 
 def adopt_checkpoint_model_type(args: argparse.Namespace) -> None:

@@ -28,12 +28,16 @@ Run layout under ``--default_root_dir``:
 
 - ``checkpoints/``: the best checkpoint by ``validation_loss`` and
   ``last.ckpt``, written atomically. Training resumes from the newest
-  usable one automatically (broken ones are skipped and named); test mode
+  usable one automatically (broken ones are skipped and named; when every
+  one is broken the run is refused, not started afresh over them); test mode
   loads it, or ``--ckpt last|best|PATH`` (or ``--ckpt_path``).
 - ``lightning_logs/version_N/``: TensorBoard logs.
 - ``csv_logs/version_N/metrics.csv``: the same metrics as CSV.
 - ``reconstructions/*.h5``: test-mode reconstructions in the leaderboard
   format (one file per volume, dataset ``reconstruction``).
+- ``.fastmri-growth.lock``: exists while a run (either mode) uses the
+  folder; a second run on the same folder is refused, naming the pid of
+  the one that holds it (:mod:`fastmri_growth.cli.run_lock`).
 
 Bad input (missing or malformed data, inconsistent mask flags, no checkpoint
 to test, unknown growth layers, flags the chosen schedule would ignore, a
@@ -58,6 +62,7 @@ from fastmri_growth.cli.checkpoints import remove_partial_files
 from fastmri_growth.cli.common import UsageError, one_line
 from fastmri_growth.cli.dataset_cache import DATASET_CACHE_FILE, prune_dataset_cache
 from fastmri_growth.cli.run_checks import check_free_space
+from fastmri_growth.cli.run_lock import RunLock, is_launching_process
 from fastmri_growth.cli.train_checks import never_grows_reason, validate_args
 from fastmri_growth.cli.train_parser import PROG, parse_args
 from fastmri_growth.cli.train_setup import (
@@ -109,9 +114,12 @@ def _print_summary(args: argparse.Namespace, trainer) -> None:
             score = callback.best_model_score
             best = f" (validation_loss {float(score):.4g})" if score is not None else ""
             lines.append(f"  best checkpoint:  {callback.best_model_path}{best}")
+        last_ckpt = ckpt_dir / "last.ckpt"
+        if last_ckpt.is_file():
+            lines.append(f"  last checkpoint:  {last_ckpt} (the final state; resume "
+                         "continues from it)")
         last = validation_summary(trainer.callback_metrics)
-        if last:
-            lines.append(f"  last validation:  {last}")
+        lines.append(f"  last validation:  {last or 'none ran'}")
         guard = _finite_guard(trainer)
         if guard is not None and (guard.skipped or guard.skipped_scoring):
             from fastmri_growth.pl_modules.finite_guard import summarize
@@ -217,12 +225,14 @@ def run_fault(err: BaseException, root: Optional[Path] = None) -> Optional[str]:
     """The one-line message of a fault that stopped a run, or None for anything else.
 
     Faults are what the run met on the way, not bugs: a non-finite loss or
-    gradient (the guard names the file and slice), a checkpoint that could
+    gradient (the guard names the file and slice), a data file that went
+    missing or was truncated (naming it), a checkpoint that could
     not be written, or a full disk while writing logs. Lightning may raise
     a second error while shutting down (a logger flushing to the full
     disk); the chain of exceptions is searched for the first cause.
     """
     from fastmri_growth.pl_modules.checkpoint_io import CheckpointWriteError
+    from fastmri_growth.pl_modules.data_module import DataReadError
     from fastmri_growth.pl_modules.finite_guard import NonFiniteError
 
     chain, e = [], err
@@ -232,7 +242,7 @@ def run_fault(err: BaseException, root: Optional[Path] = None) -> Optional[str]:
     for e in reversed(chain):  # the first cause first
         if isinstance(e, CheckpointWriteError):
             return " ".join(str(e.strerror or e).split())  # without "[Errno 28]"
-        if isinstance(e, NonFiniteError):
+        if isinstance(e, (NonFiniteError, DataReadError)):
             return one_line(e)
     for e in reversed(chain):
         if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -270,8 +280,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """
     args = parse_args(argv)
     args.ckpt_path_given = args.ckpt_path is not None
+    lock = None
     try:
         validate_args(args)
+        if is_launching_process():
+            # Before anything is written: refused while another run holds the folder.
+            lock = RunLock(args.default_root_dir).acquire()
+            if lock.note:
+                print(lock.note, flush=True)
         for note in getattr(args, "checkpoint_notes", []):
             print(note, flush=True)
         if getattr(args, "nothing_to_train", None):
@@ -299,6 +315,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise
         print(f"{PROG}: error: {message}", file=sys.stderr, flush=True)
         return 1
+    finally:
+        if lock is not None:
+            lock.release()
     return 0
 
 

@@ -25,6 +25,7 @@ from typing import Any, List, Optional
 
 from fastmri_growth.cli.common import UsageError
 from fastmri_growth.cli.data_checks import (
+    check_batch_limits,
     check_data,
     check_mask_args,
     check_model_challenge,
@@ -410,6 +411,7 @@ def validate_args(args: argparse.Namespace) -> None:
     check_flag_ranges(args)
     check_mask_args(args)
     check_sample_rates(args)
+    check_batch_limits(args)
     adopt_checkpoint_model_type(args)
     check_model_challenge(args)
     check_growth_schedule(args)

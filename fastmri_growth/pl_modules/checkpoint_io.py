@@ -102,3 +102,30 @@ class TopKCheckpoint(ModelCheckpoint):
         for p in Path(self.dirpath).glob("epoch=*.ckpt"):
             if p.resolve() not in keep:
                 p.unlink(missing_ok=True)
+
+
+class EveryEpochCheckpoint(ModelCheckpoint):
+    """A monitor-less ``ModelCheckpoint`` (``last.ckpt``) written at the end of every training epoch.
+
+    Lightning's ``ModelCheckpoint`` saves after validation whenever
+    ``check_val_every_n_epoch`` is not 1, so epochs without validation (all
+    of them when it exceeds ``max_epochs``) wrote nothing, and a finished
+    run could end without any checkpoint. This one still saves after each
+    validation as before, and also at the end of every training epoch that
+    no validation saved (Lightning calls ``on_train_epoch_end`` after the
+    epoch's validation, and also for the last epoch of ``max_steps``); a
+    run resumed from such a file starts with the next epoch, as Lightning
+    reads it.
+    """
+
+    @property
+    def state_key(self) -> str:
+        """``ModelCheckpoint``'s key, so checkpoints written with either class resume with the other."""
+        key = super().state_key
+        return "ModelCheckpoint" + key[len(type(self).__qualname__):]
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        # Skipped when this step is already saved (by the epoch's validation).
+        if self.monitor is None and not self._should_skip_saving_checkpoint(trainer):
+            self._save_topk_checkpoint(trainer, self._monitor_candidates(trainer))

@@ -12,7 +12,68 @@ from fastmri.pl_modules.data_module import worker_init_fn
 
 from fastmri_growth.flags import redeclare, str2bool
 
-__all__ = ["FastMriDataModule"]
+__all__ = ["DataReadError", "FastMriDataModule", "NamedErrorSliceDataset"]
+
+
+class DataReadError(Exception):
+    """A data file could not be read while the run went on (deleted, truncated, replaced).
+
+    The message names the file and slice. A DataLoader worker re-raises it in
+    the main process as ``DataReadError("Caught DataReadError in DataLoader
+    worker ... Original Traceback ...")``; the constructor keeps only the
+    original message, so the error is still one line.
+    """
+
+    def __init__(self, message: str):
+        marker = f"{type(self).__name__}: "
+        if "Original Traceback" in message and marker in message:
+            message = message.rsplit(marker, 1)[1].strip()
+        super().__init__(message)
+
+
+def _read_problem(err: BaseException, dataslice: int) -> str:
+    """What went wrong reading a file, in a few words (h5py's messages are long)."""
+    if isinstance(err, FileNotFoundError):
+        return "the file no longer exists"
+    text = " ".join(str(err).split())
+    if "truncated file" in text:
+        return f"the file is truncated ({text.split('(', 1)[-1].rstrip(')')})"
+    if isinstance(err, IndexError):
+        return f"slice {dataslice} is beyond the file's slices ({text})"
+    return f"{type(err).__name__}: {text}"
+
+
+class NamedErrorSliceDataset(SliceDataset):
+    """fastMRI's ``SliceDataset`` whose read errors name the file and slice (:class:`DataReadError`).
+
+    ``__getitem__`` is fastMRI 0.3.0's, with the HDF5 reads inside a
+    ``try``: a file deleted, truncated or replaced by one with fewer slices
+    after the slice list was built raised h5py's ``OSError`` or
+    ``IndexError`` from inside a DataLoader worker, which does not say which
+    file. Errors of the transform are left as they are.
+    """
+
+    def __getitem__(self, i: int):
+        import h5py
+        import numpy as np
+
+        fname, dataslice, metadata = self.raw_samples[i]
+        try:
+            with h5py.File(fname, "r") as hf:
+                kspace = hf["kspace"][dataslice]
+                mask = np.asarray(hf["mask"]) if "mask" in hf else None
+                target = hf[self.recons_key][dataslice] if self.recons_key in hf else None
+                attrs = dict(hf.attrs)
+                attrs.update(metadata)
+        except (OSError, KeyError, IndexError, ValueError) as err:
+            raise DataReadError(
+                f"cannot read slice {dataslice} of data file {fname}: "
+                f"{_read_problem(err, dataslice)}; it changed after the run listed it "
+                "(deleted, truncated or replaced): restore it, then run the same command "
+                "again (training resumes from the newest checkpoint)") from None
+        if self.transform is None:
+            return (kspace, mask, target, attrs, fname.name, dataslice)
+        return self.transform(kspace, mask, target, attrs, fname.name, dataslice)
 
 
 class _DistributedVolumeSampler(VolumeSampler, torch.utils.data.DistributedSampler):
@@ -70,6 +131,9 @@ class FastMriDataModule(fastmri_pl.FastMriDataModule):
       metadata. fastMRI always uses ``dataset_cache.pkl`` in the working
       directory, keyed by folder path, which goes stale when a folder's
       files change.
+    - The datasets are :class:`NamedErrorSliceDataset`: a data file deleted
+      or truncated while the run goes on raises :class:`DataReadError`
+      naming the file and slice, not h5py's error from a worker.
     - ``add_data_specific_args``: ``--use_dataset_cache_file`` and
       ``--combine_train_val`` parse ``true/false`` (fastMRI's ``type=bool``
       reads "False" as True); given without a value they mean true.
@@ -230,8 +294,11 @@ class FastMriDataModule(fastmri_pl.FastMriDataModule):
                 dataset_cache_file=self.dataset_cache_file,
                 raw_sample_filter=raw_sample_filter,
             )
+            for part in dataset.datasets:
+                # Built by fastMRI as plain SliceDatasets; same state, named read errors.
+                part.__class__ = NamedErrorSliceDataset
         else:
-            dataset = SliceDataset(
+            dataset = NamedErrorSliceDataset(
                 root=self._split_root(data_partition),
                 transform=data_transform,
                 sample_rate=sample_rate,

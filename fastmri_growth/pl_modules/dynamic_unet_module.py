@@ -22,6 +22,7 @@ the grown widths in its checkpoints:
 import torch
 from torch.nn import functional as F
 
+from ..growth.checks import int_at_least, require
 from ..models import DynamicUnet
 from .growable import GrowthMixin
 from .lightning2 import UnetModule
@@ -79,6 +80,10 @@ class DynamicUnetModule(GrowthMixin, UnetModule):
                 before anything is built.
         """
         growth, rest = self.split_growth_options(kwargs)
+        # Before fastMRI builds its Unet: zero channels there make torch warn first.
+        for name, value in (("in_chans", in_chans), ("out_chans", out_chans), ("chans", chans),
+                            ("num_pool_layers", num_pool_layers)):
+            require(int_at_least(1), name, value)
         super().__init__(
             in_chans=in_chans, out_chans=out_chans, chans=chans, num_pool_layers=num_pool_layers,
             drop_prob=drop_prob, lr=lr, lr_step_size=lr_step_size, lr_gamma=lr_gamma,
