@@ -286,3 +286,25 @@ print("resumed", resumed.net.get_network_size()["hidden"]["conv1_out"],
 def test_readme_model_type_example_adds_a_model_type_to_the_command_line(tmp_path):
     """The 'register a model type' example: a registry entry is a --model-type."""
     run_example(tmp_path, instrumented("register a model type"), "register a model type")
+
+
+def test_every_fault_table_row_names_tests_that_exist():
+    """Each row of README's fault table is a test: its named test functions exist."""
+    import re
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    table = readme.split("### Fault table", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line]
+    rows = rows[1:]  # the header
+    assert len(rows) >= 25
+    for row in rows:
+        cell = row.rstrip(" |").rsplit(" | ", 1)[-1]
+        names = re.findall(r"`([\w/]+\.py)?(?:::(\w+))?`", cell)
+        assert names, row
+        current = None
+        for path, name in names:
+            current = path or current
+            assert current, row
+            source = (Path(__file__).resolve().parent / current).read_text()
+            if name:
+                assert re.search(rf"^def {name}\(", source, re.M), (current, name)
