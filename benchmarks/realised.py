@@ -158,6 +158,153 @@ def one_site(net, opt, site, cfg, stream_batches, scoring, held_out, seed) -> di
     return out
 
 
+def _replay(knee: Path, cfg: dict, seed: int):
+    """The benchmark's network, optimizer and batches at each site, as :func:`run` sees them.
+
+    Yields ``(net, opt, site, scoring, ahead, held_out)``; nothing is
+    trained between sites (each case copies the network).
+    """
+    from itertools import islice
+
+    from fastmri_growth.models.dynamic_unet import DynamicUnet
+
+    stream = _batches(knee, seed, cfg["batch"])
+    torch.manual_seed(seed)
+    net = DynamicUnet(1, 1, chans=cfg["chans"], num_pool_layers=cfg["pools"], drop_prob=0.0)
+    opt = torch.optim.RMSprop(net.parameters(), lr=1e-3)
+    _train(net, opt, list(islice(stream, cfg["warmup"])))
+    held_out = list(islice(stream, cfg["held_out"]))
+    for site in cfg["sites"]:
+        scoring = list(islice(stream, cfg["growth_batches"]))
+        ahead = list(islice(stream, cfg["horizon"]))
+        yield net, opt, site, scoring, ahead, held_out
+
+
+def _site(site: str):
+    from fastmri_growth.growth import Site
+
+    layer, conv = site.split(":")
+    return Site(layer, "t" if conv == "t" else int(conv))
+
+
+def _grown_copy(net, opt, s, cand, scoring, ramp_steps: int = RAMP_STEPS):
+    """A copy of ``(net, opt)`` with ``cand`` `(K, C_in, kh, kw)` added (zero fan-out, grad seeding)."""
+    from fastmri_growth.growth import grow
+    from fastmri_growth.growth.optim import remap_optimizer_state
+    from fastmri_growth.growth.ramp import UpdateRamp
+
+    n, o = copy.deepcopy((net, opt))
+    reports = grow(n, [s], "sample_select", scoring, lambda b: _loss(n, b), n_new=cand.shape[0],
+                   candidates={s: cand}, method_options={"n_candidates": 1})
+    remap_optimizer_state(o, reports[0].changes, seeding="grad")
+    ramp = UpdateRamp(ramp_steps)
+    ramp.grown(reports[0].changes, {id(p): name for name, p in n.named_parameters()}, epoch=0)
+    return n, o, ramp, reports[0]
+
+
+def noise_floor(workdir: Path, quick: bool = False, replicates: int = 4,
+                seeds: Sequence[int] = (0,)) -> dict:
+    """How much of the spread between candidates a 1e-6 perturbation of one candidate gives.
+
+    Candidate 0 of each case, its fan-in multiplied by ``1 + 1e-6 * noise``,
+    is added and trained as in :func:`run` ``replicates`` times; the std of
+    those realised decreases is the noise floor of a single candidate's
+    realised decrease, beside the std between the K candidates.
+    """
+    from fastmri_growth.growth import generate_candidates
+
+    cfg = dict(QUICK if quick else FULL)
+    knee = training.make_data(Path(workdir) / "realised_data", cfg["data"])
+    rows = []
+    for seed in seeds:
+        for net, opt, site, scoring, ahead, held_out in _replay(knee, cfg, seed):
+            s = _site(site)
+            cands = generate_candidates(net.site_spec(s), cfg["candidates"],
+                                        torch.Generator().manual_seed(seed))
+            cn, co = copy.deepcopy((net, opt))
+            _train(cn, co, ahead)
+            control_end = _held_out_loss(cn, held_out)
+
+            def realised_of(cand):
+                n, o, ramp, _ = _grown_copy(net, opt, s, cand, scoring)
+                _train(n, o, ahead, ramp)
+                return control_end - _held_out_loss(n, held_out)
+
+            g = torch.Generator().manual_seed(99)
+            perturbed = [realised_of(cands[:1] * (1 + 1e-6 * torch.randn(cands[:1].shape,
+                                                                           generator=g)))
+                         for _ in range(replicates)]
+            between = [realised_of(cands[k:k + 1]) for k in range(cfg["candidates"])]
+            rows.append({"seed": seed, "site": site, "perturbed": perturbed,
+                         "candidates": between, "std_perturbed": statistics.pstdev(perturbed),
+                         "std_candidates": statistics.pstdev(between)})
+    return {"rows": rows, "replicates": replicates, "machine": common.machine()}
+
+
+def trial_scores(workdir: Path, quick: bool = False, steps: int = 20,
+                 seeds: Optional[Sequence[int]] = None) -> dict:
+    """A longer look than the first step: train all K candidates jointly, then ablate each.
+
+    All K candidates of a case are added at once (zero fan-out, grad
+    seeding) and only their new weights (fan-in and fan-out) are trained for
+    ``steps`` optimizer steps on the scoring batches; a candidate's trial
+    score is the scoring loss's rise when its fan-out is zeroed. Compared by
+    rank with each candidate's realised decrease from :func:`run`, which is
+    re-run here for the same cases.
+    """
+    from fastmri_growth.growth import generate_candidates
+
+    cfg = dict(QUICK if quick else FULL)
+    base = run(workdir, quick=quick, cfg={**cfg, "seeds": tuple(seeds or cfg["seeds"])})
+    by_case = {(r["seed"], r["site"]): r for r in base["rows"]}
+    knee = training.make_data(Path(workdir) / "realised_data", cfg["data"])
+    rows = []
+    for seed in seeds or cfg["seeds"]:
+        for net, opt, site, scoring, _, _ in _replay(knee, cfg, seed):
+            s = _site(site)
+            cands = generate_candidates(net.site_spec(s), cfg["candidates"],
+                                        torch.Generator().manual_seed(seed))
+            n, o, _, report = _grown_copy(net, opt, s, cands, scoring, ramp_steps=0)
+            new = {}
+            for c in report.changes:
+                mask = torch.zeros_like(c.new, dtype=torch.bool)
+                mask.index_fill_(c.dim, c.new_positions, True)
+                new[id(c.new)] = mask
+            for t in range(steps):
+                o.zero_grad()
+                _loss(n, scoring[t % len(scoring)]).backward()
+                frozen = {}
+                for p in n.parameters():
+                    if id(p) in new:
+                        p.grad.mul_(new[id(p)])
+                    else:
+                        frozen[id(p)] = p.detach().clone()
+                o.step()
+                with torch.no_grad():  # only the candidates train
+                    for p in n.parameters():
+                        if id(p) in frozen:
+                            p.copy_(frozen[id(p)])
+            with torch.no_grad():
+                before = statistics.fmean(float(_loss(n, b)) for b in scoring)
+                fan_out = [c for c in report.changes if c.grad_hint is not None]
+                trial = [0.0] * cfg["candidates"]
+                for j, k in enumerate(report.selected):
+                    saved = []
+                    for c in fan_out:
+                        pos = c.new_positions[j:j + 1]
+                        saved.append((c, pos, c.new.index_select(c.dim, pos).clone()))
+                        c.new.index_fill_(c.dim, pos, 0.0)
+                    trial[k] = statistics.fmean(float(_loss(n, b)) for b in scoring) - before
+                    for c, pos, v in saved:
+                        c.new.index_copy_(c.dim, pos, v)
+            r = by_case[(seed, site)]
+            kept = max(range(len(trial)), key=trial.__getitem__)
+            rows.append({"seed": seed, "site": site, "trial": trial,
+                         "spearman": spearman(trial, r["realised"]),
+                         "kept_minus_mean": r["realised"][kept] - r["mean"]})
+    return {"rows": rows, "steps": steps, "machine": common.machine()}
+
+
 def run(workdir: Path, quick: bool = False, cfg: Optional[dict] = None) -> dict:
     """The benchmark at ``cfg`` (default: FULL, or QUICK with ``quick``)."""
     from itertools import islice
@@ -231,11 +378,35 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", type=Path, default=Path("bench_output"))
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--noise-floor", action="store_true",
+                        help="instead: the realised decrease of one candidate perturbed by 1e-6, "
+                             "against the spread between candidates (seed 0)")
+    parser.add_argument("--trial", type=int, default=0, metavar="STEPS",
+                        help="instead: trial scores (all candidates trained jointly for STEPS "
+                             "steps, then ablated) against the realised decrease")
     args = parser.parse_args(argv)
     common.set_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.noise_floor or args.trial:
+        extra = (noise_floor(args.out / "work", quick=args.quick) if args.noise_floor
+                 else trial_scores(args.out / "work", quick=args.quick, steps=args.trial))
+        name = "realised_noise" if args.noise_floor else "realised_trial"
+        common.write_json(args.out / f"{name}{'_quick' if args.quick else ''}.json", extra)
+        for row in extra["rows"]:
+            if args.noise_floor:
+                print(f"seed {row['seed']} {row['site']}: std of the perturbed candidate "
+                      f"{1e4 * row['std_perturbed']:.2f}e-4, between candidates "
+                      f"{1e4 * row['std_candidates']:.2f}e-4")
+            else:
+                print(f"seed {row['seed']} {row['site']}: Spearman {row['spearman']:+.2f}, kept "
+                      f"minus mean {1e4 * row['kept_minus_mean']:+.2f}e-4")
+        if args.trial:
+            rows = extra["rows"]
+            print(f"mean Spearman {statistics.fmean(r['spearman'] for r in rows):+.2f}; kept beats "
+                  f"mean in {sum(r['kept_minus_mean'] > 0 for r in rows)} of {len(rows)}")
+        return 0
     res = run(args.out / "work", quick=args.quick)
     res["command"] = "python -m benchmarks.realised " + " ".join(argv or sys.argv[1:])
-    args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / ("realised_quick.json" if args.quick else "realised.json")
     common.write_json(path, res)
     print(table(res))
