@@ -10,7 +10,7 @@
    width growth of every cascade, inserted ones included); checkpoints
    record the cascades.
 5. The command line: flags in --help, bad values refused (exit 2, one
-   line), a U-Net given cascade flags refused.
+   line), a U-Net given cascade flags refused; the README's depth example.
 """
 import re
 from pathlib import Path
@@ -401,3 +401,13 @@ def test_cli_refuses_bad_depth_flags_in_one_line(argv, fragments, multicoil, tmp
     for fragment in fragments:
         assert fragment in line, (fragment, line)
     assert not (tmp_path / "run").exists()
+
+
+def test_readme_depth_example_runs(capsys):
+    readme = Path(__file__).resolve().parents[1] / "README.md"
+    (block,) = [b for b in re.findall(r"```python\n(.*?)```", readme.read_text(encoding="utf-8"),
+                                      re.S) if b.startswith("# example: depth\n")]
+    exec(compile(block, "README.md (depth example)", "exec"), {"__name__": "readme_depth"})
+    assert capsys.readouterr().out.splitlines() == [
+        "inserted cascade_2 (copy of cascade_1): 2 -> 3 cascades, 40,280 -> 56,747 parameters",
+        "0e+00", "{2: 0.5}"]
