@@ -133,12 +133,12 @@ REGIMES: Dict[str, Regime] = {
     # of chans 18 and pools 4 scaled down. 36 steps an epoch, 20 epochs (720
     # steps); insertions at epochs 5, 9, 13, 17: 0.69x the training FLOPs of 6
     # cascades (evenly from epoch 4 would be 0.71x). Sized to fit about an
-    # hour on one shared core: the sweep's 1 and 4 cascades with one seed.
+    # hour on one shared core (36 min with the sweep's 1 and 4 cascades at
+    # seed 0 only, 50 min with every seed, under a load average of 4-7).
     "full": Regime(phantom="textured", recon_size=48, coils=4, train=6, val=6, slices=6,
                    epochs=20, pools=2, chans=8, sens_pools=2, sens_chans=4, sweep=(1, 2, 4, 6),
                    start_cascades=2, target_cascades=6, cascade_start_epoch=5,
-                   cascade_interval=4, cascade_fade_steps=100, seeds=(0, 1, 2),
-                   sweep_seeds=(0,)),
+                   cascade_interval=4, cascade_fade_steps=100, seeds=(0, 1, 2)),
     "quick": Regime(phantom="textured", recon_size=32, coils=2, train=2, val=1, slices=4,
                     epochs=6, pools=1, chans=4, sens_pools=1, sens_chans=2, sweep=(1, 2, 4),
                     start_cascades=2, target_cascades=4, cascade_start_epoch=2,
