@@ -548,8 +548,9 @@ def table(res: dict) -> str:
             f"{_fmt([r['metrics']['8x']['PSNR'] for r in rs], '.2f')} |")
     lines += ["", "Paired by seed: difference, mean over seeds and seeds where it is positive.",
               "", "| comparison | SSIM 4x | SSIM 8x | PSNR 4x | PSNR 8x |", "|---|---|---|---|---|"]
-    pairs = [(grown_name(), fixed_n), (grown_name(), equal_name(reg)),
-             (grown_name(), f"fixed_{reg.start_cascades}")]
+    fixed = [n for n in configs(reg) if n.startswith("fixed_") and n != equal_name(reg)]
+    pairs = [(grown_name(), fixed_n), (grown_name(), equal_name(reg))]
+    pairs += [(grown_name(), n) for n in reversed(fixed) if n != fixed_n]
     sweep = sorted(reg.sweep)
     pairs += [(f"fixed_{b}", f"fixed_{a}") for a, b in zip(sweep, sweep[1:])]
     diffs = {}
@@ -607,9 +608,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="subset of the configurations (default: all)")
     parser.add_argument("--threads", type=int, default=1, help="threads per command")
     parser.add_argument("--out", type=Path, default=Path("bench_output"))
+    parser.add_argument("--tables-only", action="store_true",
+                        help="print the tables of <out>/depth_<regime>.json; train nothing")
     args = parser.parse_args(argv)
     if args.threads < 1:
         parser.error(f"--threads must be >= 1, got {args.threads}")
+    if args.tables_only:
+        path = args.out / f"depth_{args.regime}.json"
+        if not path.is_file():
+            parser.error(f"--tables-only needs {path}; run the study first")
+        print(table(json.loads(path.read_text())))
+        return 0
     common.set_threads(args.threads)
     command = "python -m benchmarks.depth " + shlex.join(
         list(sys.argv[1:] if argv is None else argv))

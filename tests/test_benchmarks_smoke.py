@@ -317,6 +317,9 @@ def test_depth_study_structure(tmp_path, monkeypatch):
     text = depth.table(res)
     assert "| grown 1 -> 3 cascades | 1 | 3 |" in text
     assert "| grown 1 -> 3 cascades - fixed 3 cascades, equal FLOPs |" in text
+    assert "| grown 1 -> 3 cascades - fixed 1 cascades |" in text
+    depth.common.write_json(tmp_path / "depth_tiny.json", res)
+    assert depth.main(["--regime", "tiny", "--out", str(tmp_path), "--tables-only"]) == 0
     assert "Goal 1 " in text and "Goal 2 " in text
     # A second run reads the records instead of training again.
     monkeypatch.setattr(depth, "_run", lambda *a: pytest.fail("ran a command again"))
