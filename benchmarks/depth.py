@@ -46,13 +46,12 @@ same flags is not run again, so an interrupted study resumes.
 
 Usage::
 
-    OMP_NUM_THREADS=1 python -m benchmarks.depth --out /work/depth_study   # ~60 min, one core
+    OMP_NUM_THREADS=1 python -m benchmarks.depth --out /work/depth_study   # ~40-60 min, one core
     python -m benchmarks.depth --regime quick                               # minutes
 """
 from __future__ import annotations
 
 import argparse
-import copy
 import csv
 import json
 import os
