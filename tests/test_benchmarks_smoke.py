@@ -336,3 +336,60 @@ def test_growth_pays_structure(tmp_path, monkeypatch):
     at_1 = next(p for p in large["anytime"] if p["epoch"] == 1)
     assert two["metrics"] == at_1["metrics"]
     assert two["total_flops"] == at_1["total_flops"]
+
+
+def test_depth_study_structure(tmp_path, monkeypatch):
+    from benchmarks import depth
+
+    # The commands' own main() in this process (each child would import
+    # torch and Lightning again); _run's process boundary is checked below.
+    monkeypatch.setattr(depth, "_run", depth.run_in_process)
+    res = depth.run(tmp_path, "tiny", log=lambda line: None)
+    by = {r["config"]: r for r in res["runs"]}
+    assert list(by) == ["fixed_1", "fixed_3", "grown", "fixed_3_equal_flops"]
+    f = {int(k): v for k, v in res["flops_per_step"].items()}
+    assert res["planned_cascades"] == [1, 2, 3]
+    grown = by["grown"]
+    assert grown["flags"][:2] == ["--model-type", "dynamic_varnet"]
+    assert by["fixed_3"]["flags"][:2] == ["--model-type", "varnet"]
+    # One insertion at the first batch of epochs 1 and 2 (2 steps an epoch).
+    assert grown["depth_events"] == [{"epoch": 1, "step": 2, "cascades": [1]},
+                                     {"epoch": 2, "step": 4, "cascades": [2]}]
+    assert grown["logged_cascades"] == [1, 2, 3]  # network/cascades in the CSV log
+    assert (grown["start_cascades"], grown["final_cascades"]) == (1, 3)
+    assert grown["params"] == by["fixed_3"]["params"]  # gates dropped at the end
+    assert grown["train_flops"] == 2 * (f[1] + f[2] + f[3])
+    assert by["fixed_3"]["train_flops"] == 6 * f[3]
+    eq = by["fixed_3_equal_flops"]
+    assert eq["epochs"] == res["equal_epochs"] == round((f[1] + f[2] + f[3]) / f[3]) < 3
+    assert eq["train_flops"] == 2 * eq["epochs"] * f[3]
+    for r in by.values():
+        assert set(r["metrics"]) == {"4x", "8x"}
+        assert all(0 < r["metrics"][a]["SSIM"] <= 1 for a in ("4x", "8x"))
+        assert r["commands"][0].split()[2] == "fastmri_growth.cli.train"
+        assert r["commands"][1].split()[2:4] == ["fastmri_growth.cli.evaluate", "leaderboard"]
+    text = depth.table(res)
+    assert "| grown 1 -> 3 cascades | 1 | 3 |" in text
+    assert "| grown 1 -> 3 cascades - fixed 3 cascades, equal FLOPs |" in text
+    assert "| grown 1 -> 3 cascades - fixed 1 cascades |" in text
+    depth.common.write_json(tmp_path / "depth_tiny.json", res)
+    assert depth.main(["--regime", "tiny", "--out", str(tmp_path), "--tables-only"]) == 0
+    assert "Goal 1 " in text and "Goal 2 " in text
+    # A second run reads the records instead of training again.
+    monkeypatch.setattr(depth, "_run", lambda *a: pytest.fail("ran a command again"))
+    again = depth.run(tmp_path, "tiny", log=lambda line: None)
+    assert again["runs"] == json.loads(json.dumps(res["runs"]))
+    with pytest.raises(ValueError, match="unknown configuration.*fixed_9.*valid: fixed_1"):
+        depth.run(tmp_path, "tiny", only=["fixed_9"])
+
+
+def test_depth_commands_run_with_this_checkout_first_on_the_path(tmp_path):
+    import sys
+
+    from benchmarks import depth
+
+    log = tmp_path / "elsewhere" / "commands.log"
+    depth._run([sys.executable, "-c", "import benchmarks; print(benchmarks.__file__)"], log, 1)
+    assert str(Path(depth.__file__).parent / "__init__.py") in log.read_text()
+    with pytest.raises(RuntimeError, match=r"(?s)^exit status 3 of .*\nboom$"):
+        depth._run([sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"], log, 1)

@@ -10,7 +10,9 @@
    width growth of every cascade, inserted ones included); checkpoints
    record the cascades.
 5. The command line: flags in --help, bad values refused (exit 2, one
-   line), a U-Net given cascade flags refused.
+   line), a U-Net given cascade flags refused; the README's depth example.
+6. DDP: two ranks insert the same cascades at the same steps, with the same
+   gates and identical weights (fresh cascades and width growth included).
 """
 import re
 from pathlib import Path
@@ -401,3 +403,96 @@ def test_cli_refuses_bad_depth_flags_in_one_line(argv, fragments, multicoil, tmp
     for fragment in fragments:
         assert fragment in line, (fragment, line)
     assert not (tmp_path / "run").exists()
+
+
+def test_readme_depth_example_runs(capsys):
+    readme = Path(__file__).resolve().parents[1] / "README.md"
+    (block,) = [b for b in re.findall(r"```python\n(.*?)```", readme.read_text(encoding="utf-8"),
+                                      re.S) if b.startswith("# example: depth\n")]
+    exec(compile(block, "README.md (depth example)", "exec"), {"__name__": "readme_depth"})
+    assert capsys.readouterr().out.splitlines() == [
+        "inserted cascade_2 (copy of cascade_1): 2 -> 3 cascades, 40,280 -> 56,747 parameters",
+        "0e+00", "{2: 0.5}"]
+
+
+# ------------------------------------------------------------ DDP
+DDP_SCRIPT = r'''
+import json, sys
+from pathlib import Path
+import pytorch_lightning as pl
+import torch
+from fastmri.data.subsample import RandomMaskFunc
+from fastmri.data.transforms import VarNetDataTransform
+from pytorch_lightning.strategies import DDPStrategy
+from fastmri_growth.pl_modules import DynamicVarNetModule
+from fastmri_growth.pl_modules.data_module import FastMriDataModule
+
+data_root, out = Path(sys.argv[1]), Path(sys.argv[2])
+mask = RandomMaskFunc(center_fractions=[0.08], accelerations=[4])
+data = FastMriDataModule(
+    data_root, "multicoil",
+    train_transform=VarNetDataTransform(mask_func=mask, use_seed=False),
+    val_transform=VarNetDataTransform(mask_func=mask),
+    test_transform=VarNetDataTransform(),
+    use_dataset_cache_file=False, num_workers=0, distributed_sampler=True,
+)
+pl.seed_everything(0)
+# Fresh cascades (drawn from growth_seed) at epochs 1 and 2, fading over 2 steps,
+# and width growth of every cascade's bottleneck at epoch 2 (before that epoch's
+# insertion, whose fresh cascade takes its neighbour's grown widths).
+module = DynamicVarNetModule(num_cascades=1, pools=1, chans=2, sens_pools=1, sens_chans=2,
+                             target_cascades=3, cascade_start_epoch=1, cascade_fade_steps=2,
+                             cascade_init="fresh", growth_method="random",
+                             layers_to_grow=["cascade_*/bottleneck:0"], growth_start_epoch=2)
+trainer = pl.Trainer(
+    accelerator="cpu", devices=2, strategy=DDPStrategy(process_group_backend="gloo"),
+    max_epochs=3, use_distributed_sampler=False, logger=False, enable_checkpointing=False,
+    enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+    limit_val_batches=0, default_root_dir=str(out),
+)
+trainer.fit(module, datamodule=data)
+rank = trainer.global_rank
+module_ids = sorted(id(p) for p in module.parameters())
+torch.save({k: v.detach().clone() for k, v in module.state_dict().items()}, out / f"rank{rank}.pt")
+(out / f"rank{rank}.json").write_text(json.dumps({
+    "world_size": trainer.world_size, "steps": trainer.global_step,
+    "events": module.growth_callback.depth.events,
+    "gates": {str(k): v for k, v in module.varnet.cascade_gates().items()},
+    "bottlenecks": [s["bottleneck"]["conv1_out"] for n, s in module.varnet.get_network_size().items()
+                    if n.startswith("cascade_")],
+    "optimizer_holds_module_params":
+        sorted(id(p) for g in trainer.optimizers[0].param_groups for p in g["params"]) == module_ids,
+    "ddp_wraps_module_params": sorted(id(p) for p in trainer.strategy.model.parameters()) == module_ids,
+}))
+'''
+
+
+def test_ddp_depth_growth_keeps_two_ranks_identical(multicoil, tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "ddp_depth.py"
+    script.write_text(DDP_SCRIPT)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_PORT", "MASTER_ADDR")}
+    repo = Path(__file__).resolve().parents[1]
+    env["PYTHONPATH"] = os.pathsep.join([str(repo), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    proc = subprocess.run([sys.executable, str(script), str(multicoil), str(out_dir)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    ranks = [json.loads((out_dir / f"rank{r}.json").read_text()) for r in range(2)]
+    states = [torch.load(out_dir / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    for info in ranks:
+        assert info["world_size"] == 2 and info["steps"] == 3  # 2 slices, 1 per rank, 3 epochs
+        assert info["events"] == [{"epoch": 1, "step": 1, "cascades": [1]},
+                                  {"epoch": 2, "step": 2, "cascades": [2]}]
+        assert info["gates"] == {"1": 0.5, "2": 0.0}  # those of the last step (2)
+        assert info["bottlenecks"] == [5, 5, 5]
+        assert info["optimizer_holds_module_params"] and info["ddp_wraps_module_params"]
+    assert list(states[0]) == list(states[1])
+    for key in states[0]:
+        assert torch.equal(states[0][key], states[1][key]), key

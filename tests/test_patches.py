@@ -16,7 +16,7 @@ subprocess checks that):
   ``--mode test`` without a checkpoint;
 - the patched ``train_varnet_demo.py`` grows a VarNet with
   ``--model-type dynamic_varnet`` on multicoil data and tests the grown
-  checkpoint;
+  checkpoint, in width and, with the cascade flags, in depth;
 - validation metrics equal a volume-wise reference built from
   ``fastmri.evaluate``, and the fixes of 0004 hold.
 """
@@ -440,6 +440,48 @@ def test_varnet_demo_grows_a_dynamic_varnet_then_tests_the_grown_checkpoint(
         with h5py.File(recon_dir / name, "r") as f:
             assert f["reconstruction"].shape == (slices, 64, 64)
             assert np.isfinite(f["reconstruction"][()]).all()
+
+
+def test_varnet_demo_takes_the_depth_flags_and_grows_cascades(
+    patched_tree, synthetic_root, tmp_path
+):
+    # The cascade flags reach DynamicVarNetModule through the demo: one
+    # cascade inserted at the first batch of epoch 1 (step 1, gate 0), fading
+    # in over 1 step (step 2 trains it at gate 1, and the gate is dropped).
+    root = tmp_path / "depth_run"
+    data = ["--data_path", str(synthetic_root / "knee"), "--accelerator", "cpu",
+            "--num_workers", "0", "--use_dataset_cache_file", "false", "--devices", "1",
+            "--default_root_dir", str(root)]
+    train = _demo(patched_tree, tmp_path, "--model-type", "dynamic_varnet", *data,
+                  "--num_cascades", "1", "--pools", "1", "--chans", "2", "--sens_pools", "1",
+                  "--sens_chans", "2", "--max_epochs", "3", "--limit_train_batches", "1",
+                  "--limit_val_batches", "1", "--max-growth-steps", "0",
+                  "--target-cascades", "2", "--cascade-start-epoch", "1",
+                  "--cascade-interval", "3", "--cascade_fade_steps", "1",
+                  "--cascade-init", "fresh", demo="varnet/train_varnet_demo.py")
+    assert train.returncode == 0, _tail(train)
+    assert "[epoch 1] inserted cascade_1 (fresh of cascade_0): 1 -> 2 cascades" in train.stdout
+    assert _checkpoints(root) == ["epoch=2-step=3.ckpt"]
+    ckpt = torch.load(root / "checkpoints" / "epoch=2-step=3.ckpt",
+                      map_location="cpu", weights_only=False)
+    hp = ckpt["hyper_parameters"]
+    assert (hp["num_cascades"], hp["target_cascades"], hp["cascade_start_epoch"],
+            hp["cascade_interval"], hp["cascade_fade_steps"], hp["cascade_init"]) == (
+        1, 2, 1, 3, 1, "fresh")
+    assert ckpt["callbacks"]["GrowthCallback"]["depth"]["events"] == [
+        {"epoch": 1, "step": 1, "cascades": [1]}]
+    assert ckpt["dynamic_varnet"]["num_cascades"] == 2
+    assert ckpt["dynamic_varnet"]["cascade_gates"] == {}
+    # Faded in: no gate left, fastMRI's VarNet layout.
+    state = ckpt["state_dict"]
+    assert "varnet.cascades.1.model.unet.conv.layers.0.weight" in state
+    assert not any(k.endswith(".gate") for k in state)
+
+    test = _demo(patched_tree, tmp_path, "--model-type", "dynamic_varnet", "--mode", "test",
+                 *data, demo="varnet/train_varnet_demo.py")
+    assert test.returncode == 0, _tail(test)
+    expected = _num_slices(synthetic_root / "knee/multicoil_test")
+    assert sorted(p.name for p in (root / "reconstructions").glob("*.h5")) == sorted(expected)
 
 
 def test_demo_test_mode_without_checkpoint_exits_2(patched_tree, synthetic_root, tmp_path):
