@@ -384,12 +384,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--trial", type=int, default=0, metavar="STEPS",
                         help="instead: trial scores (all candidates trained jointly for STEPS "
                              "steps, then ablated) against the realised decrease")
+    parser.add_argument("--seeds", nargs="+", type=int, default=None,
+                        help="seeds of --noise-floor (default 0) and --trial (default all)")
     args = parser.parse_args(argv)
     common.set_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.noise_floor or args.trial:
-        extra = (noise_floor(args.out / "work", quick=args.quick) if args.noise_floor
-                 else trial_scores(args.out / "work", quick=args.quick, steps=args.trial))
+        extra = (noise_floor(args.out / "work", quick=args.quick, seeds=args.seeds or (0,))
+                 if args.noise_floor else
+                 trial_scores(args.out / "work", quick=args.quick, steps=args.trial,
+                              seeds=args.seeds))
         name = "realised_noise" if args.noise_floor else "realised_trial"
         common.write_json(args.out / f"{name}{'_quick' if args.quick else ''}.json", extra)
         for row in extra["rows"]:

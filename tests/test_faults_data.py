@@ -526,9 +526,8 @@ def test_zero_channels_are_refused_before_torch_warns(knee, tmp_path, capfd, fla
     argv = ["--data_path", knee, "--default_root_dir", run, *TINY, *NO_CACHE, flag, value]
     code, out, err = run_main(argv, capfd)
     assert code == 2, err
-    name = flag.lstrip("-")
     # Before: torch's "Initializing zero-element tensors is a no-op" warning first.
-    assert err == [f"{PROG_ERROR}invalid model option: {name} must be an int >= 1, got {value}"]
+    assert err == [f"{PROG_ERROR}{flag} must be an int >= 1, got {value}"]
     assert not run.exists()
 
 
