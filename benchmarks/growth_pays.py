@@ -35,7 +35,6 @@ import shlex
 import statistics
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -142,16 +141,7 @@ def run(out: Path, quick: bool = False, regimes: Optional[Sequence[str]] = None,
             f"TFLOPs, {r['fit_seconds']:.0f} s ({len(records)} done, "
             f"{time.perf_counter() - start:.0f} s elapsed)")
 
-    if jobs <= 1:
-        for spec in specs:
-            done(_train(spec))
-    elif specs:
-        import multiprocessing
-
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, max_tasks_per_child=1) as pool:
-            for r in pool.map(_train, specs):
-                done(r)
+    quality.run_specs(specs, _train, jobs, done)
     result = {"quick": quick, "large": large, "command": command,
               "regimes": {n: asdict(table[n]) for n in names}, "runs": records,
               "machine": common.machine()}

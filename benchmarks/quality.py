@@ -618,6 +618,25 @@ def make_data(root: Path, regime: Regime) -> Path:
     return Path(root) / "knee"
 
 
+def run_specs(specs: Sequence[dict], fn: Callable[[dict], dict], jobs: int,
+              done: Callable[[dict], None]) -> None:
+    """``fn(spec)`` for every spec, ``jobs`` at a time, each in a fresh process; ``done`` in order.
+
+    A fresh (spawned) process per run: no run inherits another's threads,
+    caches or compiled graphs.
+    """
+    if jobs <= 1:
+        for spec in specs:
+            done(fn(spec))
+    elif specs:
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, max_tasks_per_child=1) as pool:
+            for r in pool.map(fn, specs):
+                done(r)
+
+
 def run(out: Path, quick: bool = False, regimes: Optional[Sequence[str]] = None,
         configs: Optional[Sequence[str]] = None, jobs: int = 1, threads: int = 1,
         command: str = "python -m benchmarks.quality", plot_dir: Optional[Path] = None,
@@ -693,16 +712,7 @@ def run(out: Path, quick: bool = False, regimes: Optional[Sequence[str]] = None,
             f"TFLOPs, {r['fit_seconds']:.0f} s ({len(records)} done, "
             f"{time.perf_counter() - start:.0f} s elapsed)")
 
-    if jobs <= 1:
-        for spec in specs:
-            done(train_one(spec))
-    elif specs:
-        import multiprocessing
-
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, max_tasks_per_child=1) as pool:
-            for r in pool.map(train_one, specs):
-                done(r)
+    run_specs(specs, train_one, jobs, done)
     result = {"quick": quick, "regimes": {n: {**asdict(table[n]),
                                                "steps_per_epoch": table[n].steps_per_epoch}
                                            for n in names},

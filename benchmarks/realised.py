@@ -307,24 +307,12 @@ def trial_scores(workdir: Path, quick: bool = False, steps: int = 20,
 
 def run(workdir: Path, quick: bool = False, cfg: Optional[dict] = None) -> dict:
     """The benchmark at ``cfg`` (default: FULL, or QUICK with ``quick``)."""
-    from itertools import islice
-
-    from fastmri_growth.models.dynamic_unet import DynamicUnet
-
     cfg = dict(cfg or (QUICK if quick else FULL))
     knee = training.make_data(Path(workdir) / "realised_data", cfg["data"])
     start = time.perf_counter()
     rows = []
     for seed in cfg["seeds"]:
-        stream = _batches(knee, seed, cfg["batch"])
-        torch.manual_seed(seed)
-        net = DynamicUnet(1, 1, chans=cfg["chans"], num_pool_layers=cfg["pools"], drop_prob=0.0)
-        opt = torch.optim.RMSprop(net.parameters(), lr=1e-3)
-        _train(net, opt, list(islice(stream, cfg["warmup"])))
-        held_out = list(islice(stream, cfg["held_out"]))
-        for site in cfg["sites"]:
-            scoring = list(islice(stream, cfg["growth_batches"]))
-            ahead = list(islice(stream, cfg["horizon"]))
+        for net, opt, site, scoring, ahead, held_out in _replay(knee, cfg, seed):
             row = one_site(net, opt, site, cfg, ahead, scoring, held_out, seed)
             row["seed"] = seed
             rows.append(row)
