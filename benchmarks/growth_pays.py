@@ -210,8 +210,10 @@ def aggregate(result: dict) -> dict:
         best_fixed = max(fixed, key=lambda n: fixed[n]["psnr"]["mean"]) if fixed else None
         auto = None
         if "auto" in rows and best_fixed is not None:
+            gap = pair("auto", best_fixed)
             auto = {"best_fixed": best_fixed,
-                    "psnr_gap": rows["auto"]["psnr"]["mean"] - fixed[best_fixed]["psnr"]["mean"],
+                    "psnr_gap": gap["mean"] if gap else float("nan"),
+                    "psnr_gap_seeds": gap["seeds"] if gap else [],
                     "flops_share": rows["auto"]["tflops"] / fixed[best_fixed]["tflops"],
                     "sweep_tflops": sum(v["tflops"] for v in fixed.values()),
                     "auto_tflops": rows["auto"]["tflops"],
@@ -259,7 +261,8 @@ def table(res: dict) -> str:
         a = rep["auto"]
         if a:
             lines += ["", f"Auto schedule (no target): {a['psnr_gap']:+.3f} dB against the best "
-                          f"fixed width ({quality.CONFIGS[a['best_fixed']].label}) at "
+                          f"fixed width ({quality.CONFIGS[a['best_fixed']].label}, paired over "
+                          f"seeds {', '.join(map(str, a['psnr_gap_seeds']))}) at "
                           f"{a['flops_share']:.2f}x its TFLOPs ({a['auto_tflops']:.3g}); the "
                           f"sweep of fixed widths cost {a['sweep_tflops']:.3g} TFLOPs. Grown at "
                           f"epochs {a['grown_epochs']}; final bottleneck widths {a['widths']}."]
