@@ -558,3 +558,46 @@ def test_a_grown_varnet_state_dict_for_a_fixed_varnet_names_dynamic_varnet(tmp_p
         f"--init-from {grown} holds a grown network (cascade_1 down_0 conv2_out has 2 filters; "
         "--model-type varnet builds 3 there from chans=3); pass --model-type dynamic_varnet, "
         "which takes grown widths")
+
+
+def test_dataset_cache_is_read_and_written_under_a_lock(knee, tmp_path, monkeypatch):
+    """fastMRI rewrites its cache in place; concurrent builders (DDP ranks, runs
+    started together) read half-written files (EOFError) without the lock."""
+    import fcntl
+    import pickle
+
+    import fastmri.data.mri_data as mri_data
+
+    from fastmri_growth.pl_modules.data_module import FastMriDataModule
+
+    cache = tmp_path / "cache.pkl"
+    seen = []
+    real_dump = pickle.dump
+
+    def dump(obj, f, *args, **kwargs):
+        # Another open file description cannot take the lock while the dataset writes.
+        with open(cache.with_name(cache.name + ".lock"), "a+b") as other:
+            try:
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                seen.append("unlocked")
+                fcntl.flock(other, fcntl.LOCK_UN)
+            except BlockingIOError:
+                seen.append("locked")
+        return real_dump(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(mri_data.pickle, "dump", dump)
+    from fastmri.data.transforms import UnetDataTransform
+
+    dm = FastMriDataModule(knee, "singlecoil", train_transform=UnetDataTransform("singlecoil"),
+                           val_transform=UnetDataTransform("singlecoil"),
+                           test_transform=UnetDataTransform("singlecoil"),
+                           use_dataset_cache_file=True, dataset_cache_file=cache,
+                           batch_size=1, num_workers=0)
+    dm.train_dataloader()
+    assert seen == ["locked"]
+    assert str(knee / "singlecoil_train") in {str(k) for k in pickle.load(open(cache, "rb"))}
+    # A cache whose write was cut short is refused naming it, before fastMRI's EOFError.
+    cache.write_bytes(cache.read_bytes()[:10])
+    with pytest.raises(ValueError, match=r"cannot read the dataset cache .*cache\.pkl "
+                                         r"\((UnpicklingError|EOFError): "):
+        dm.val_dataloader()

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import argparse
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Iterator, Optional, Union
 
 import torch
 from fastmri import pl_modules as fastmri_pl
@@ -74,6 +75,50 @@ class NamedErrorSliceDataset(SliceDataset):
         if self.transform is None:
             return (kspace, mask, target, attrs, fname.name, dataslice)
         return self.transform(kspace, mask, target, attrs, fname.name, dataslice)
+
+
+@contextmanager
+def dataset_cache_lock(cache_file: Union[str, Path], use_cache: bool) -> Iterator[None]:
+    """Hold an exclusive lock on fastMRI's dataset cache while a dataset reads or writes it.
+
+    fastMRI's ``SliceDataset`` reads the pickled cache and rewrites it in
+    place (``open(..., "wb")``), so a second process building a dataset at
+    the same moment (DDP ranks on one node, runs started together from one
+    folder) can read a half-written file: ``EOFError: Ran out of input``,
+    or lose the other's entry. The lock (``flock`` on ``CACHE.lock`` beside
+    the cache) makes the read-scan-write of each process whole. A cache that
+    does not unpickle (a write killed half-way) is refused with its path.
+
+    Args:
+        cache_file: fastMRI's ``dataset_cache_file``.
+        use_cache: The dataset's ``use_dataset_cache`` (False: no lock).
+
+    Raises:
+        ValueError: the cache file exists but cannot be read.
+    """
+    if not use_cache:
+        yield
+        return
+    import fcntl
+    import pickle
+
+    cache = Path(cache_file)
+    with open(cache.with_name(cache.name + ".lock"), "a+b") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if cache.is_file():
+                try:
+                    with open(cache, "rb") as f:
+                        pickle.load(f)
+                except Exception as err:
+                    raise ValueError(
+                        f"cannot read the dataset cache {cache.resolve()} "
+                        f"({type(err).__name__}: a write was cut short?); delete it (it is "
+                        "rebuilt from the data files) or pass use_dataset_cache_file=False"
+                    ) from None
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 class _DistributedVolumeSampler(VolumeSampler, torch.utils.data.DistributedSampler):
@@ -280,34 +325,37 @@ class FastMriDataModule(fastmri_pl.FastMriDataModule):
         volume_sample_rate = default_volume_rate if volume_sample_rate is None else volume_sample_rate
 
         dataset: Union[SliceDataset, CombinedSliceDataset]
+        lock = dataset_cache_lock(self.dataset_cache_file, self.use_dataset_cache_file)
         if is_train and self.combine_train_val:
             # Both folders with the same settings, as fastMRI does.
             rates = None if sample_rate is None else [sample_rate] * 2
             volume_rates = None if volume_sample_rate is None else [volume_sample_rate] * 2
-            dataset = CombinedSliceDataset(
-                roots=[self._split_root("train"), self._split_root("val")],
-                transforms=[data_transform] * 2,
-                challenges=[self.challenge] * 2,
-                sample_rates=rates,
-                volume_sample_rates=volume_rates,
-                use_dataset_cache=self.use_dataset_cache_file,
-                dataset_cache_file=self.dataset_cache_file,
-                raw_sample_filter=raw_sample_filter,
-            )
+            with lock:
+                dataset = CombinedSliceDataset(
+                    roots=[self._split_root("train"), self._split_root("val")],
+                    transforms=[data_transform] * 2,
+                    challenges=[self.challenge] * 2,
+                    sample_rates=rates,
+                    volume_sample_rates=volume_rates,
+                    use_dataset_cache=self.use_dataset_cache_file,
+                    dataset_cache_file=self.dataset_cache_file,
+                    raw_sample_filter=raw_sample_filter,
+                )
             for part in dataset.datasets:
                 # Built by fastMRI as plain SliceDatasets; same state, named read errors.
                 part.__class__ = NamedErrorSliceDataset
         else:
-            dataset = NamedErrorSliceDataset(
-                root=self._split_root(data_partition),
-                transform=data_transform,
-                sample_rate=sample_rate,
-                volume_sample_rate=volume_sample_rate,
-                challenge=self.challenge,
-                use_dataset_cache=self.use_dataset_cache_file,
-                dataset_cache_file=self.dataset_cache_file,
-                raw_sample_filter=raw_sample_filter,
-            )
+            with lock:
+                dataset = NamedErrorSliceDataset(
+                    root=self._split_root(data_partition),
+                    transform=data_transform,
+                    sample_rate=sample_rate,
+                    volume_sample_rate=volume_sample_rate,
+                    challenge=self.challenge,
+                    use_dataset_cache=self.use_dataset_cache_file,
+                    dataset_cache_file=self.dataset_cache_file,
+                    raw_sample_filter=raw_sample_filter,
+                )
 
         sampler = None
         if self._shard():
@@ -337,13 +385,14 @@ class FastMriDataModule(fastmri_pl.FastMriDataModule):
             if root is None or not root.is_dir():
                 # The loader that needs it raises FileNotFoundError naming it.
                 continue
-            SliceDataset(
-                root=root,
-                transform=transform,
-                challenge=self.challenge,
-                use_dataset_cache=True,
-                dataset_cache_file=self.dataset_cache_file,
-            )
+            with dataset_cache_lock(self.dataset_cache_file, True):
+                SliceDataset(
+                    root=root,
+                    transform=transform,
+                    challenge=self.challenge,
+                    use_dataset_cache=True,
+                    dataset_cache_file=self.dataset_cache_file,
+                )
 
     @staticmethod
     def add_data_specific_args(parent_parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
