@@ -34,6 +34,7 @@ EXAMPLES = {
     "add a backbone": "test_readme_backbone_example_grows_exactly_and_in_a_lightning_fit",
     "own Lightning module": "test_readme_backbone_example_grows_exactly_and_in_a_lightning_fit",
     "register a model type": "test_readme_model_type_example_adds_a_model_type_to_the_command_line",
+    "depth": "test_readme_depth_example_prints_what_it_claims",
 }
 
 _NUMBER = r"-?\d+(?:\.\d+)?(?:e[+-]?\d+)?"
@@ -195,6 +196,11 @@ def test_readme_model_example_runs(tmp_path):
                     r"64 -> 65 filters$", lines[0]), lines
     assert re.match(r"Growing down_0 conv2: Split filter \d+ \(grad norm [0-9.e-]+\), "
                     r"8 -> 9 filters$", lines[1]), lines
+
+
+def test_readme_depth_example_prints_what_it_claims(tmp_path):
+    proc = run_example(tmp_path, instrumented("depth"), "depth")
+    assert proc.stdout.splitlines()[1] == "0e+00"  # the output is unchanged at insertion
 
 
 def test_readme_lightning_example_runs(tmp_path):
