@@ -145,3 +145,29 @@ def test_auto_stops_at_its_target_chans_cap(knee, tmp_path, capsys):
     assert widths == fixed5
     assert state["auto"][-1]["capped"] and "every site is at its cap" in out
     assert state["auto_stopped"] == state["auto"][-1]["epoch"]
+
+
+def test_auto_schedule_through_the_training_command(tiny_knee_root, tmp_path, capfd):
+    import torch as _torch
+
+    from fastmri_growth.cli import train
+
+    run = tmp_path / "run"
+    argv = ["--data_path", tiny_knee_root, "--default_root_dir", run, "--challenge", "singlecoil",
+            "--chans", "4", "--num_pool_layers", "2", "--accelerator", "cpu", "--devices", "1",
+            "--num_workers", "0", "--use_dataset_cache_file", "false", "--max_epochs", "3",
+            "--growth-schedule", "auto", "--auto-threshold", "0", "--candidate-score",
+            "optimizer", "--growth-batches", "2", "--n-candidates", "2"]
+    assert train.main([str(a) for a in argv]) == 0
+    out = capfd.readouterr().out
+    assert out.count("auto schedule: growing (gain ratio") == 2  # epochs 1 and 2
+    ckpt = _torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    state = ckpt["callbacks"]["GrowthCallback"]["schedule"]
+    assert [d["epoch"] for d in state["auto"]] == [1, 2]
+    assert ckpt["hyper_parameters"]["growth_schedule"] == "auto"
+    assert ckpt["hyper_parameters"]["candidate_score"] == "optimizer"
+    # A flag the auto schedule ignores is refused in one line.
+    code = train.main([str(a) for a in argv[:-12]] + ["--default_root_dir", str(tmp_path / "b"),
+                                                     "--auto-threshold", "2"])
+    err = capfd.readouterr().err
+    assert code == 2 and "--auto-threshold applies to --growth-schedule auto" in err
