@@ -84,7 +84,7 @@ def realised_first_step(model, opt, site, cand, batches, seeding):
     return before - mean_loss(model, batches)
 
 
-@pytest.mark.parametrize("seeding", ["grad", "moment", "mean"])
+@pytest.mark.parametrize("seeding", ["grad", "moment", "mean", "zero"])
 @pytest.mark.parametrize("site", ["down_0:1", "bottleneck:0", "up_0:t"])
 def test_optimizer_score_predicts_the_first_rmsprop_steps_loss_decrease(seeding, site):
     model, opt = trained(torch.optim.RMSprop, lr=1e-7)

@@ -122,9 +122,9 @@ class Preconditioner:
             return None
         mean = grad.new_full((), floor, dtype=torch.float64)
         if self.seeding == "zero":
-            # Zero-seeded moments: the first step is g / sqrt((1 - alpha) g**2),
-            # the same size for every entry: sign steps, as with grad seeding.
-            s = grad.to(torch.float64).pow(2)
+            # Zero-seeded moments: only the step's own g**2 (below), so the
+            # first step is g / sqrt((1 - alpha) g**2): sign steps of 10x lr.
+            s = torch.zeros_like(grad, dtype=torch.float64)
         else:
             s = seeded_second_moment(mean, self.seeding, grad.to(torch.float64),
                                      None if grad_sq is None else grad_sq.to(torch.float64))
