@@ -210,7 +210,7 @@ class GrowthConfig:
                                                            "candidate score"))
     growth_schedule: str = option(
         "interval", "When to grow: interval (every N epochs), plateau (after N validations "
-        "without validation_loss improvement), progressive (given epochs and sites) or budget "
+        "without validation_loss improvement), progressive (given epochs and sites), budget "
         "(to a target size by --growth-end-epoch) or auto (every --growth-interval epochs, grow "
         "while the best site's predicted gain per added FLOP is at least --auto-threshold times "
         "the training loss's recent decrease per FLOP; --target-chans/--target-params and "
