@@ -18,9 +18,10 @@ Regimes: ``textured96`` (the quality study's), ``textured64`` (a second
 matrix size, its own data) and ``anatomy128`` (brain anatomy). Configurations
 (:data:`CONFIGS` names of :mod:`.quality`): the fixed widths of the sweep
 (chans 4, 6, 8), the budget schedule from chans 4 to chans-8 widths with
-``random``, ``sample_select`` (gradient-norm scores) and ``sample_select``
-with optimizer-aware scores (``--candidate-score optimizer``), and the
-``auto`` schedule with no target.
+``random``, ``sample_select`` (gradient-norm scores), ``sample_select``
+with optimizer-aware scores (``--candidate-score optimizer``) and
+``gradmax`` with descent fan-outs (a joint fan-in/fan-out solution in the
+spirit of TINY), and the ``auto`` schedule with no target.
 
 Usage::
 
@@ -43,7 +44,7 @@ from . import common, quality
 
 #: Configurations per regime, in table order.
 CONFIGS = ("fixed_c4", "fixed_c6", "fixed_c8", "random", "sample_select", "sample_select_opt",
-           "auto")
+           "gradmax_descent", "auto")
 #: Epochs (0-based) at which every run is evaluated on the way.
 ANYTIME = (4, 9, 14)
 #: Where the fixed large network is evaluated too (its FLOP-matched points).
@@ -69,8 +70,11 @@ QUICK_REGIMES: Dict[str, quality.Regime] = {
 QUICK_ANYTIME = (1, 2)
 #: The fixed networks that play 'large' (the budget schedule's target width).
 LARGE = {"full": "fixed_c8", "quick": "fixed_c4"}
-GROWN = ("random", "sample_select", "sample_select_opt", "auto")
-GRADIENT = ("sample_select", "sample_select_opt")
+GROWN = ("random", "sample_select", "sample_select_opt", "gradmax_descent", "auto")
+#: Gradient-informed methods; gradmax with descent fan-outs is the joint fan-in/fan-out
+#: solution closest to TINY's that the engine has (GradMax's linearised directions as
+#: fan-ins, minus the fan-out gradient, line-searched, as fan-outs).
+GRADIENT = ("sample_select", "sample_select_opt", "gradmax_descent")
 
 
 def psnr(metrics: dict) -> float:
