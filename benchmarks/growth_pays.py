@@ -56,8 +56,7 @@ REGIMES: Dict[str, quality.Regime] = {
                           seeds_other=SEEDS, configs=CONFIGS),
     "textured96": replace(quality.REGIMES["textured96"], seeds_decide=SEEDS, seeds_other=SEEDS,
                           configs=CONFIGS),
-    "anatomy128": replace(quality.REGIMES["anatomy128"], seeds_decide=(0, 1, 2),
-                          seeds_other=(0, 1, 2),
+    "anatomy128": replace(quality.REGIMES["anatomy128"], seeds_decide=SEEDS, seeds_other=SEEDS,
                           configs=("fixed_c4", "fixed_c8", "random", "sample_select_opt",
                                    "auto")),
 }
