@@ -118,13 +118,11 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float:
 
 def one_site(net, opt, site, cfg, stream_batches, scoring, held_out, seed) -> dict:
     """Score K candidates at ``site``, then add each alone and train: their realised decreases."""
-    from fastmri_growth.growth import Site, generate_candidates, grow
-    from fastmri_growth.growth.optim import preconditioner_for, remap_optimizer_state
-    from fastmri_growth.growth.ramp import UpdateRamp
+    from fastmri_growth.growth import generate_candidates
+    from fastmri_growth.growth.optim import preconditioner_for
     from fastmri_growth.growth.statistics import collect, precondition
 
-    layer, conv = site.split(":")
-    s = Site(layer, "t" if conv == "t" else int(conv))
+    s = _site(site)
     spec = net.site_spec(s)
     cands = generate_candidates(spec, cfg["candidates"], torch.Generator().manual_seed(seed))
     stats = collect(net, [spec], scoring, lambda b: _loss(net, b), candidates={s: cands})
@@ -139,13 +137,7 @@ def one_site(net, opt, site, cfg, stream_batches, scoring, held_out, seed) -> di
     control_end = _held_out_loss(control_net, held_out)
     realised, realised_mean_step = [], []
     for k in range(cfg["candidates"]):
-        n, o = copy.deepcopy((net, opt))
-        reports = grow(n, [s], "sample_select", scoring, lambda b, n=n: _loss(n, b),
-                       candidates={s: cands[k:k + 1]})
-        changes = reports[0].changes
-        remap_optimizer_state(o, changes, seeding="grad")
-        ramp = UpdateRamp(RAMP_STEPS)
-        ramp.grown(changes, {id(p): name for name, p in n.named_parameters()}, epoch=0)
+        n, o, ramp, _ = _grown_copy(net, opt, s, cands[k:k + 1], scoring)
         losses = _train(n, o, stream_batches, ramp)
         realised.append(control_end - _held_out_loss(n, held_out))
         realised_mean_step.append(statistics.fmean(c - x for c, x in zip(control, losses)))
